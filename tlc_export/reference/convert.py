@@ -1,0 +1,229 @@
+"""``to_local``: turn the global ops of any ``nn.Module`` into TLC local ops and calibrate their windows.
+
+Three passes, each a function from module to module:
+1. ``replace_global_modules``: ``nn.AdaptiveAvgPool2d(1)``, ``nn.InstanceNorm2d`` (instance statistics),
+   ``nn.GroupNorm`` and Restormer-style transposed attention become their local counterparts, sharing
+   the original parameters (state-dict keys are unchanged).
+2. ``replace_functional_means``: inside modules whose ``forward`` calls ``F.adaptive_avg_pool2d(x, 1)`` or
+   a spatial ``mean(..., keepdim=True)``, torch.fx rewrites those calls into ``LocalAvgPool2d`` submodules.
+3. ``calibrate``: one forward pass on a calib-sized input; every local op records the spatial size of its
+   input as its window.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .norm import LocalGroupNorm, LocalInstanceNorm2d
+from .pooling import LocalAvgPool2d
+
+_ATTENTION_ATTRS = ("num_heads", "temperature", "qkv", "qkv_dwconv", "project_out")
+
+
+@dataclass(frozen=True)
+class LocalOpRecord:
+    """One converted global op: where it lives, what it was, and its calibrated window (kh, kw)."""
+
+    path: str
+    kind: str
+    window: tuple[int, int] | None
+
+
+def _is_transposed_attention(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in _ATTENTION_ATTRS) and not getattr(module, "is_local", False)
+
+
+def _local_counterpart(module: nn.Module) -> nn.Module | None:
+    """The local replacement of a global module, or None when the module is not a global op."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        size = module.output_size
+        if size in (1, (1, 1), [1, 1]):
+            return LocalAvgPool2d()
+        return None
+    if isinstance(module, nn.InstanceNorm2d):
+        # With running statistics in eval mode the norm uses stored moments: nothing global to localise.
+        if module.track_running_stats and not module.training:
+            return None
+        return LocalInstanceNorm2d.from_module(module)
+    if isinstance(module, nn.GroupNorm):
+        return LocalGroupNorm.from_module(module)
+    if _is_transposed_attention(module):
+        from .attention import LocalTransposedAttention
+
+        return LocalTransposedAttention(module)
+    return None
+
+
+def replace_global_modules(model: nn.Module) -> nn.Module:
+    """Swap global-op submodules for local ones, in place. A module object shared by several parents
+    stays shared (one local object replaces it everywhere)."""
+    memo: dict[int, nn.Module] = {}
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if id(child) in memo:
+                setattr(parent, name, memo[id(child)])
+                continue
+            local = _local_counterpart(child)
+            if local is not None:
+                memo[id(child)] = local
+                setattr(parent, name, local)
+            else:
+                visit(child)
+
+    root = _local_counterpart(model)
+    if root is not None:
+        return root
+    visit(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Functional global means, found with torch.fx.
+
+_FUNCTIONAL_HINT = re.compile(r"adaptive_avg_pool2d|\.mean\(|torch\.mean\(")
+_SPATIAL_DIMS = ({2, 3}, {-2, -1}, {2, -1}, {-2, 3})
+
+
+def _is_spatial_mean(node: fx.Node) -> bool:
+    """True for ``x.mean((2, 3), keepdim=True)`` / ``torch.mean(x, (-2, -1), keepdim=True)`` /
+    ``F.adaptive_avg_pool2d(x, 1)`` on a 4-D map."""
+    if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    is_method = node.op == "call_method" and node.target == "mean"
+    is_function = node.op == "call_function" and node.target is torch.mean
+    if not (is_method or is_function):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not isinstance(dims, (tuple, list)) or not keepdim:
+        return False
+    return set(dims) in _SPATIAL_DIMS
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces one module's own forward; every submodule stays a leaf call."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _localize_forward(module: nn.Module) -> tuple[nn.Module, list[str]]:
+    """fx-rewrite the spatial means of ``module``'s own forward; returns (module, new submodule names)."""
+    graph = _LeafTracer().trace(module)
+    added = []
+    for node in list(graph.nodes):
+        if not _is_spatial_mean(node):
+            continue
+        name = f"tlc_local_mean_{len(added)}"
+        while hasattr(module, name):
+            name += "_"
+        module.add_module(name, LocalAvgPool2d())
+        with graph.inserting_after(node):
+            call = graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        added.append(name)
+    if not added:
+        return module, []
+    graph.lint()
+    return fx.GraphModule(module, graph, class_name=type(module).__name__ + "Local"), added
+
+
+def replace_functional_means(model: nn.Module) -> nn.Module:
+    """Rewrite functional spatial means of every module whose forward source mentions one."""
+
+    def candidate(m: nn.Module) -> bool:
+        if isinstance(m, (fx.GraphModule, LocalAvgPool2d, LocalInstanceNorm2d, LocalGroupNorm)):
+            return False
+        if type(m).__module__.startswith("torch."):
+            return False
+        try:
+            return bool(_FUNCTIONAL_HINT.search(inspect.getsource(type(m).forward)))
+        except (OSError, TypeError):
+            return False
+
+    def rewrite(m: nn.Module, path: str) -> nn.Module:
+        try:
+            new, added = _localize_forward(m)
+        except Exception as exc:  # fx cannot trace every forward (data-dependent control flow)
+            warnings.warn(f"tlc-export: could not trace {path or type(m).__name__} with torch.fx to find "
+                          f"functional global means ({type(exc).__name__}: {exc}); left unchanged")
+            return m
+        return new
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            visit(child, path)
+            if candidate(child):
+                setattr(parent, name, rewrite(child, path))
+
+    visit(model, "")
+    return rewrite(model, "") if candidate(model) else model
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def local_ops(model: nn.Module) -> list[LocalOpRecord]:
+    """The table of local ops in ``model``: module path, kind and window."""
+    records = []
+    seen = set()
+    for path, m in model.named_modules():
+        kind = getattr(m, "kind", None)
+        if kind is None or not hasattr(m, "window") or id(m) in seen:
+            continue
+        seen.add(id(m))
+        records.append(LocalOpRecord(path, kind, m.window))
+    return records
+
+
+def _input_channels(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise ValueError("cannot tell the model's input channels (no Conv2d found); pass example_input")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calib: tuple[int, int], example_input: torch.Tensor | None = None) -> nn.Module:
+    """Set every local op's window to its input size on a calib-sized input (one forward pass)."""
+    for m in model.modules():
+        if getattr(m, "kind", None) is not None and hasattr(m, "window"):
+            m.window = None
+    if example_input is None:
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        gen = torch.Generator().manual_seed(0)
+        example_input = torch.rand(1, _input_channels(model), *calib, generator=gen, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    model(example_input)
+    model.train(was_training)
+    return model
+
+
+def to_local(model: nn.Module, calib: tuple[int, int] | int,
+             example_input: torch.Tensor | None = None) -> tuple[nn.Module, list[LocalOpRecord]]:
+    """Convert ``model`` to TLC (in place where possible) and calibrate on a ``calib`` = (H, W) input.
+
+    Returns the converted model (a new object only when the root itself had to be replaced) and the
+    table of converted ops.
+    """
+    if isinstance(calib, int):
+        calib = (calib, calib)
+    calib = (int(calib[0]), int(calib[1]))
+    if calib[0] < 1 or calib[1] < 1:
+        raise ValueError(f"calibration size must be positive, got {calib}")
+    model = replace_global_modules(model)
+    model = replace_functional_means(model)
+    calibrate(model, calib, example_input)
+    return model, local_ops(model)

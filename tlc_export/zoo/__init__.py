@@ -1,0 +1,53 @@
+"""Model zoo: our own implementations of the four networks TLC was published on.
+
+Each family module (``hinet``, ``mprnet``, ``restormer``, ``nafnet``) defines its network classes with the
+official constructor keyword names and a ``PRESETS`` dict ``{preset name: (class, constructor kwargs)}``
+naming one entry per released official configuration. This package only collects them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+FAMILY_MODULES = ("hinet", "mprnet", "restormer", "nafnet")
+
+
+def _family_module(family: str):
+    return importlib.import_module(f"{__name__}.{family}")
+
+
+def presets() -> dict[str, tuple[str, type[nn.Module], dict[str, Any]]]:
+    """All presets: ``{name: (family, class, kwargs)}`` in a stable order."""
+    table = {}
+    for family in FAMILY_MODULES:
+        for name, (cls, kwargs) in _family_module(family).PRESETS.items():
+            table[name] = (family, cls, dict(kwargs))
+    return table
+
+
+def find_preset(name: str) -> str | None:
+    """The canonical preset name matching ``name`` case-insensitively, or None."""
+    for known in presets():
+        if known.lower() == name.lower():
+            return known
+    return None
+
+
+def family_class(family: str) -> type[nn.Module]:
+    """The default network class of a family (the first preset's class)."""
+    module = _family_module(family.lower())
+    return module.FAMILY_CLASS
+
+
+def build(name: str, **overrides: Any) -> nn.Module:
+    """Instantiate a preset (``HINet-GoPro``) or a family (``hinet``) with optional keyword overrides."""
+    preset = find_preset(name)
+    if preset is not None:
+        _, cls, kwargs = presets()[preset]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+    if name.lower() in FAMILY_MODULES:
+        return family_class(name)(**overrides)
+    raise KeyError(name)
