@@ -1,0 +1,63 @@
+"""Rewrite: every global op of the graph becomes an exact local (TLC) subgraph.
+
+``localize(graph, ops, windows)`` is a pass from graph to graph: each matched op's nodes are detached
+and a subgraph from ``subgraphs`` produces the same output tensor, so consumers are untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from . import subgraphs
+from .patterns import GlobalOp, constant_value, find_global_ops
+
+IMPLEMENTATION = "cumsum-boxfilter"
+
+
+@dataclass(frozen=True)
+class RewriteRecord:
+    """One rewritten op, as written to the report."""
+
+    onnx_name: str
+    module_path: str
+    op: str
+    pattern: str
+    window: tuple[int, int]
+    implementation: str
+
+
+def _detach(op: GlobalOp) -> None:
+    for node in op.nodes:
+        node.outputs.clear()
+        node.inputs.clear()
+
+
+def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int) -> list[RewriteRecord]:
+    """Replace ``ops`` in ``graph`` (in place) by their local subgraphs; returns what was done."""
+    records = []
+    for op in ops:
+        window = windows[op.name]
+        b = subgraphs.Builder(graph, f"{op.name}/tlc", opset)
+        _detach(op)
+        if op.kind == "avgpool":
+            subgraphs.local_mean(b, op.source, window, output=op.output)
+        elif op.kind == "instancenorm":
+            subgraphs.local_instance_norm(b, op.source, window, op.attrs["eps"], op.attrs["scale"],
+                                          op.attrs["bias"], output=op.output)
+        elif op.kind == "groupnorm":
+            scale, bias = op.attrs["scale"], op.attrs["bias"]
+            out = None if scale is not None else op.output
+            normed = subgraphs.local_group_norm(b, op.source, window, op.attrs["groups"], op.attrs["eps"], output=out)
+            if scale is not None:
+                axes = b.const([0, 2, 3])
+                b.op("Add", [b.op("Mul", [normed, b.op("Unsqueeze", [scale, axes])]),
+                             b.op("Unsqueeze", [bias, axes])], outputs=[op.output])
+        else:  # pragma: no cover - patterns only yields the kinds above
+            raise AssertionError(op.kind)
+        records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), IMPLEMENTATION))
+    graph.cleanup().toposort()
+    return records
+
+
+__all__ = ["GlobalOp", "RewriteRecord", "constant_value", "find_global_ops", "localize"]

@@ -1,0 +1,163 @@
+"""Standard-op ONNX subgraphs that compute TLC's local statistics for any input size at run time.
+
+Built with onnx-graphsurgeon's ``graph.layer``. Every window is clamped at run time (k = min(size, kh)),
+so one graph serves every input size; when the window covers the map the result equals the global op.
+
+Box-filter form ("cumsum"): along W, a CumSum then the difference of two Slices of the zero-led prefix
+sum gives the w−k2+1 valid window sums; a Transpose puts H last and the same is done along H (so every
+CumSum in the graph runs on the same axis: TensorRT ≥ 10.8 computes CumSums on *different* axes of one
+network as if on one axis, onnx-tensorrt#1034); a second Transpose restores the layout, one Mul scales
+by 1/(k1·k2) and one edge Pad restores h×w with TLC's split (top/left ⌊(k−1)/2⌋). Cost O(h·w) whatever
+the window; everything accumulates in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+Window = tuple[int, int]
+
+
+class Builder:
+    """Adds named nodes to a gs graph; every tensor and node name starts with ``prefix``."""
+
+    def __init__(self, graph: gs.Graph, prefix: str, opset: int):
+        self.graph = graph
+        self.prefix = prefix
+        self.opset = opset
+        self._count = 0
+
+    def _name(self, what: str) -> str:
+        self._count += 1
+        return f"{self.prefix}/{what}_{self._count}"
+
+    def const(self, values, dtype=np.int64) -> gs.Constant:
+        return gs.Constant(self._name("const"), np.asarray(values, dtype=dtype))
+
+    def op(self, op_type: str, inputs: list, attrs: dict | None = None, outputs: list | None = None,
+           n_out: int = 1):
+        name = self._name(op_type)
+        if outputs is None:
+            outputs = [gs.Variable(f"{name}_out{i}" if n_out > 1 else f"{name}_out") for i in range(n_out)]
+        node = gs.Node(op_type, name=name, attrs=attrs or {}, inputs=list(inputs), outputs=list(outputs))
+        self.graph.nodes.append(node)
+        return outputs if n_out > 1 else outputs[0]
+
+    def reduce_mean(self, x: gs.Tensor, axes: list[int]) -> gs.Variable:
+        """ReduceMean keeping dims; ``axes`` moved from attribute to input in opset 18."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.const(axes)], {"keepdims": 1})
+        return self.op("ReduceMean", [x], {"axes": list(axes), "keepdims": 1})
+
+    def dim(self, x: gs.Tensor, axis: int) -> gs.Variable:
+        """Size of ``x`` along ``axis`` as a 1-D int64 tensor of length 1."""
+        return self.op("Shape", [x], {"start": axis, "end": axis + 1})
+
+
+def _valid_box_sum_last_axis(b: Builder, x: gs.Tensor, n: gs.Tensor, k: gs.Tensor) -> gs.Variable:
+    """Sums of every length-k run along the last axis of ``x`` (n−k+1 of them), via a zero-led CumSum."""
+    cums = b.op("CumSum", [x, b.const(3)])
+    lead = b.op("Pad", [cums, b.const([0, 0, 0, 1, 0, 0, 0, 0])], {"mode": "constant"})
+    n_valid = b.op("Add", [b.op("Sub", [n, k]), b.const([1])])
+    axis = b.const([3])
+    hi = b.op("Slice", [lead, k, b.op("Add", [n, b.const([1])]), axis])
+    lo = b.op("Slice", [lead, b.const([0]), n_valid, axis])
+    return b.op("Sub", [hi, lo])
+
+
+def clamped_window(b: Builder, x: gs.Tensor, window: Window):
+    """Run-time (h, w, k1, k2) of ``x`` (N, C, h, w) for a calibrated window (kh, kw)."""
+    h, w = b.dim(x, 2), b.dim(x, 3)
+    k1 = b.op("Min", [h, b.const([window[0]])])
+    k2 = b.op("Min", [w, b.const([window[1]])])
+    return h, w, k1, k2
+
+
+def valid_local_mean(b: Builder, x: gs.Tensor, window: Window):
+    """The (h−k1+1)×(w−k2+1) stride-1 window means of ``x`` and the run-time (k1, k2)."""
+    h, w, k1, k2 = clamped_window(b, x, window)
+    along_w = _valid_box_sum_last_axis(b, x, w, k2)                        # N, C, h, w'
+    h_last = b.op("Transpose", [along_w], {"perm": [0, 1, 3, 2]})          # N, C, w', h
+    along_h = _valid_box_sum_last_axis(b, h_last, h, k1)                   # N, C, w', h'
+    sums = b.op("Transpose", [along_h], {"perm": [0, 1, 3, 2]})            # N, C, h', w'
+    area = b.op("Cast", [b.op("Mul", [k1, k2])], {"to": 1})               # float32
+    return b.op("Div", [sums, area]), k1, k2
+
+
+def tlc_pads(b: Builder, k1: gs.Tensor, k2: gs.Tensor) -> gs.Variable:
+    """Pads restoring h×w from the valid map: top/left ⌊(k−1)/2⌋, the rest bottom/right."""
+    one, two = b.const([1]), b.const([2])
+    rest_h, rest_w = b.op("Sub", [k1, one]), b.op("Sub", [k2, one])
+    top, left = b.op("Div", [rest_h, two]), b.op("Div", [rest_w, two])
+    bottom, right = b.op("Sub", [rest_h, top]), b.op("Sub", [rest_w, left])
+    zero2 = b.const([0, 0])
+    return b.op("Concat", [zero2, top, left, zero2, bottom, right], {"axis": 0})
+
+
+def replicate_pad(b: Builder, valid: gs.Tensor, pads: gs.Tensor, output: gs.Tensor | None = None):
+    return b.op("Pad", [valid, pads], {"mode": "edge"}, outputs=[output] if output is not None else None)
+
+
+def local_mean(b: Builder, x: gs.Tensor, window: Window, output: gs.Tensor | None = None) -> gs.Tensor:
+    """TLC local mean of ``x`` (N, C, h, w), same shape as ``x``."""
+    valid, k1, k2 = valid_local_mean(b, x, window)
+    return replicate_pad(b, valid, tlc_pads(b, k1, k2), output)
+
+
+def _first_pixel(b: Builder, x: gs.Tensor) -> gs.Variable:
+    """x[:, :, :1, :1]: a per-(n, c) shift that keeps the prefix sums of the moments small."""
+    return b.op("Slice", [x, b.const([0, 0]), b.const([1, 1]), b.const([2, 3])])
+
+
+def local_moments(b: Builder, x: gs.Tensor, window: Window):
+    """Shifted input x' = x − x[:, :, 0, 0], its local mean and local variance (both h×w).
+
+    E[x'] and E[x'²] share one box filter (channels concatenated), so the map is scanned once."""
+    shifted = b.op("Sub", [x, _first_pixel(b, x)])
+    both = b.op("Concat", [shifted, b.op("Mul", [shifted, shifted])], {"axis": 1})
+    means = local_mean(b, both, window)
+    channels = b.dim(x, 1)
+    halves = b.op("Concat", [channels, channels], {"axis": 0})
+    mean, second = b.op("Split", [means, halves], {"axis": 1}, n_out=2)
+    var = b.op("Sub", [second, b.op("Mul", [mean, mean])])
+    return shifted, mean, var
+
+
+def local_instance_norm(b: Builder, x: gs.Tensor, window: Window, eps: float,
+                        scale: gs.Tensor | None, bias: gs.Tensor | None,
+                        output: gs.Tensor | None = None) -> gs.Tensor:
+    """(x − μ)/√(σ² + eps)·scale + bias with local μ, σ² (scale/bias per channel, shape [C])."""
+    shifted, mean, var = local_moments(b, x, window)
+    inv_std = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const([eps], np.float32)])])])
+    normed = b.op("Mul", [b.op("Sub", [shifted, mean]), inv_std])
+    if scale is None:
+        return b.op("Identity", [normed], outputs=[output] if output is not None else None)
+    axes = b.const([0, 2, 3])
+    scale4 = b.op("Unsqueeze", [scale, axes])
+    bias4 = b.op("Unsqueeze", [bias, axes])
+    return b.op("Add", [b.op("Mul", [normed, scale4]), bias4], outputs=[output] if output is not None else None)
+
+
+def local_group_norm(b: Builder, x: gs.Tensor, window: Window, groups: int, eps: float,
+                     output: gs.Tensor | None = None) -> gs.Tensor:
+    """Group norm of ``x`` (N, C, h, w) without affine, statistics over the group's channels and a
+    local window (the paper's Table 7 extension)."""
+    shifted, mean, var = local_moments(b, x, window)
+    # Shifts differ per channel, so group moments are taken on the unshifted scale:
+    # E_g[x] = mean_c(E[x'] + s_c), E_g[x²] = mean_c(Var[x'] + (E[x'] + s_c)²).
+    shift = _first_pixel(b, x)
+    mean_c = b.op("Add", [mean, shift])
+    second_c = b.op("Add", [var, b.op("Mul", [mean_c, mean_c])])
+    shape = b.op("Shape", [x])
+    grouped = b.op("Concat", [b.const([0, groups, -1]), b.op("Shape", [x], {"start": 2})], {"axis": 0})
+
+    def group_avg(t):
+        g = b.op("Reshape", [t, grouped])                                    # N, G, C/G, h, w
+        m = b.reduce_mean(g, [2])
+        m = b.op("Expand", [m, b.op("Shape", [g])])
+        return b.op("Reshape", [m, shape])
+
+    mean_g, second_g = group_avg(mean_c), group_avg(second_c)
+    var_g = b.op("Sub", [second_g, b.op("Mul", [mean_g, mean_g])])
+    inv_std = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var_g, b.const([eps], np.float32)])])])
+    return b.op("Mul", [b.op("Sub", [x, mean_g]), inv_std], outputs=[output] if output is not None else None)
