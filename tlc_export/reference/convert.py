@@ -42,22 +42,31 @@ def _is_transposed_attention(module: nn.Module) -> bool:
 
 def _local_counterpart(module: nn.Module) -> nn.Module | None:
     """The local replacement of a global module, or None when the module is not a global op."""
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        size = module.output_size
-        if size in (1, (1, 1), [1, 1]):
-            return LocalAvgPool2d()
-        return None
-    if isinstance(module, nn.InstanceNorm2d):
-        # With running statistics in eval mode the norm uses stored moments: nothing global to localise.
-        if module.track_running_stats and not module.training:
-            return None
+    kind = global_kind(module)
+    if kind == "avgpool":
+        return LocalAvgPool2d()
+    if kind == "instancenorm":
         return LocalInstanceNorm2d.from_module(module)
-    if isinstance(module, nn.GroupNorm):
+    if kind == "groupnorm":
         return LocalGroupNorm.from_module(module)
-    if _is_transposed_attention(module):
+    if kind == "attention":
         from .attention import LocalTransposedAttention
 
         return LocalTransposedAttention(module)
+    return None
+
+
+def global_kind(module: nn.Module) -> str | None:
+    """The TLC kind of a global-op module (avgpool, instancenorm, groupnorm, attention), else None."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return "avgpool" if module.output_size in (1, (1, 1), [1, 1]) else None
+    if isinstance(module, nn.InstanceNorm2d):
+        # With running statistics in eval mode the norm uses stored moments: nothing global to localise.
+        return None if (module.track_running_stats and not module.training) else "instancenorm"
+    if isinstance(module, nn.GroupNorm):
+        return "groupnorm"
+    if _is_transposed_attention(module):
+        return "attention"
     return None
 
 
@@ -138,18 +147,35 @@ def _localize_forward(module: nn.Module) -> tuple[nn.Module, list[str]]:
     return fx.GraphModule(module, graph, class_name=type(module).__name__ + "Local"), added
 
 
+def _functional_candidate(m: nn.Module) -> bool:
+    """Whether ``m``'s own forward source mentions a functional global mean (worth an fx trace)."""
+    if isinstance(m, (fx.GraphModule, LocalAvgPool2d, LocalInstanceNorm2d, LocalGroupNorm)):
+        return False
+    if type(m).__module__.startswith("torch."):
+        return False
+    try:
+        return bool(_FUNCTIONAL_HINT.search(inspect.getsource(type(m).forward)))
+    except (OSError, TypeError):
+        return False
+
+
+def find_functional_means(model: nn.Module) -> list[str]:
+    """Paths ``module.fx_node`` of the functional spatial means fx finds, without changing anything."""
+    found = []
+    for path, m in model.named_modules():
+        if not _functional_candidate(m):
+            continue
+        try:
+            graph = _LeafTracer().trace(m)
+        except Exception:  # untraceable forward: nothing to report from it
+            continue
+        found += [f"{path}.{n.name}" if path else n.name for n in graph.nodes if _is_spatial_mean(n)]
+    return found
+
+
 def replace_functional_means(model: nn.Module) -> nn.Module:
     """Rewrite functional spatial means of every module whose forward source mentions one."""
-
-    def candidate(m: nn.Module) -> bool:
-        if isinstance(m, (fx.GraphModule, LocalAvgPool2d, LocalInstanceNorm2d, LocalGroupNorm)):
-            return False
-        if type(m).__module__.startswith("torch."):
-            return False
-        try:
-            return bool(_FUNCTIONAL_HINT.search(inspect.getsource(type(m).forward)))
-        except (OSError, TypeError):
-            return False
+    candidate = _functional_candidate
 
     def rewrite(m: nn.Module, path: str) -> nn.Module:
         try:

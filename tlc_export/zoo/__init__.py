@@ -51,3 +51,16 @@ def build(name: str, **overrides: Any) -> nn.Module:
     if name.lower() in FAMILY_MODULES:
         return family_class(name)(**overrides)
     raise KeyError(name)
+
+
+def input_multiple(family: str, model: nn.Module | None = None) -> int:
+    """H and W of the network input must be multiples of this (1: the network pads by itself)."""
+    module = _family_module(family.lower())
+    rule = getattr(module, "input_multiple", None)
+    if rule is not None and model is not None:
+        return int(rule(model))
+    return int(getattr(module, "INPUT_MULTIPLE", 1))
+
+
+def preset_names() -> list[str]:
+    return list(presets())

@@ -133,7 +133,19 @@ class NAFNet(nn.Module):
             x = decoder(up(x) + skip)
 
         x = self.ending(x) + inp
-        return x.narrow(2, 0, height).narrow(3, 0, width).clone(memory_format=torch.contiguous_format)
+        return self._crop(x, height, width)
+
+    @staticmethod
+    def _crop(x: torch.Tensor, height, width) -> torch.Tensor:
+        """``x[:, :, :height, :width]`` (the official crop) as a gather of the first rows and columns.
+
+        A slice would return a view whose contiguity depends on whether padding happened; torch.export
+        records that as a shape guard (the exported program then rejects inputs of the other kind).
+        ``index_select`` always yields a fresh contiguous tensor, and traces to Range + Gather in ONNX.
+        """
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        return x.index_select(2, rows).index_select(3, cols)
 
     def check_image_size(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pads bottom/right to the next multiple of ``padder_size`` (no-op when already aligned)."""

@@ -1,0 +1,218 @@
+"""The Python API: ``convert`` runs load → trace → export → calibrate → rewrite → check → write.
+
+The CLI is a thin layer over these functions.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import __version__
+from .calibrate import calibrate_windows, calibration_shape, graph_input, import_graph
+from .errors import UserError
+from .export import export_onnx
+from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
+from .load import LoadedModel, load_model
+from .rewrite import RewriteRecord, find_global_ops, localize
+
+DEFAULT_OPSET = 17
+IMPLEMENTATIONS = ("standard", "plugin")
+
+
+def parse_size(text: str, what: str = "--calib") -> tuple[int, int]:
+    """``384x384``, ``384`` or ``384,384`` → (H, W); anything else (zero, negative, non-integer) refused."""
+    parts = re.split(r"[x,]", str(text).strip().lower())
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
+        raise UserError(f"{what} {text!r} is not a size: write HxW with positive integers, e.g. 384x384")
+    h, w = (int(p) for p in parts)
+    if h < 1 or w < 1:
+        raise UserError(f"{what} {text!r} must be positive, e.g. 384x384")
+    return h, w
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+    parts = str(text).strip().lower().split("x")
+    if len(parts) != 4 or not all(re.fullmatch(r"\d+", p) and int(p) > 0 for p in parts):
+        raise UserError(f"--input-shape {text!r} is not NxCxHxW with positive integers, e.g. 1x3x256x256")
+    n, c, h, w = (int(p) for p in parts)
+    return n, c, h, w
+
+
+@dataclass
+class ConversionResult:
+    onnx_path: Path | None
+    report_path: Path | None
+    report: dict
+    model: onnx.ModelProto | None = None
+    loaded: LoadedModel | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _say(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _stderr(message: str) -> None:
+    print(f"tlc-export: {message}", file=sys.stderr, flush=True)
+
+
+def _check_multiple(loaded: LoadedModel, size: tuple[int, int], what: str) -> None:
+    m = loaded.input_multiple
+    if m > 1 and (size[0] % m or size[1] % m):
+        raise UserError(f"{loaded.preset or loaded.family} needs H and W to be multiples of {m}; "
+                        f"{what} {size[0]}x{size[1]} is not (e.g. use {size[0] // m * m or m}x{size[1] // m * m or m})")
+
+
+def _input_channels(loaded: LoadedModel) -> int:
+    from torch import nn
+
+    for m in loaded.module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise UserError("cannot tell the model's input channels; give them with --input-shape NxCxHxW")
+
+
+def _io_table(values) -> list[dict]:
+    rows = []
+    for vi in values:
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in vi.type.tensor_type.shape.dim]
+        rows.append({"name": vi.name, "shape": dims,
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name})
+    return rows
+
+
+def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
+                   module_prefix: str = "") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+    """The rewrite stage on its own: find, calibrate and localise every global op of ``model``."""
+    graph = import_graph(model)
+    ops = find_global_ops(graph)
+    if not ops:
+        return model, []
+    windows = calibrate_windows(model, ops, calib, input_shape)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+    if impl == "plugin":
+        from .rewrite.plugin_nodes import add_plugin_opset, localize_plugin
+
+        records = localize_plugin(graph, ops, windows, opset)
+    else:
+        records = localize(graph, ops, windows, opset)
+    out = gs.export_onnx(graph)
+    if impl == "plugin":
+        add_plugin_opset(out)
+    if module_prefix:
+        records = [RewriteRecord(r.onnx_name, r.module_path.removeprefix(module_prefix), r.op, r.pattern,
+                                 r.window, r.implementation) for r in records]
+    return out, records
+
+
+def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: str = "standard") -> None:
+    """onnx.checker, then ONNX Runtime loads the graph and runs it once at ``shape``."""
+    from .runtime import ort_session
+
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeError(f"the rewritten graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    session = ort_session(model, impl=impl)
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    outputs = session.run(None, {graph_input(model).name: image})
+    if not all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating)):
+        raise RuntimeError("the rewritten graph produced non-finite values at the calibration size")
+
+
+def default_output(source: Path, tlc: bool) -> Path:
+    stem = source.name
+    for suffix in (".onnx", ".pt2", ".pth", ".pt", ".ckpt", ".bin"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return source.with_name(f"{stem}.{'tlc' if tlc else 'global'}.onnx")
+
+
+def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None = None,
+            arch_kwargs: dict | None = None, output: str | Path | None = None,
+            input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
+            opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
+            trust_pickle: bool = False, impl: str = "standard",
+            progress: Callable[[str], None] | None = _stderr) -> ConversionResult:
+    """Convert ``model`` (a file path) to a TLC ONNX graph. See the README for the options."""
+    start = time.perf_counter()
+    if isinstance(calib, str):
+        calib = parse_size(calib)
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+    if impl not in IMPLEMENTATIONS:
+        raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    if opset < 17:
+        raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
+    source = Path(model)
+    out_path = Path(output) if output else default_output(source, tlc)
+    if out_path.suffix.lower() != ".onnx":
+        raise UserError(f"output {out_path} must end in .onnx")
+    report_path = Path(report) if report else out_path.with_suffix(".json")
+    refuse_overwriting_input(out_path, [source])
+    refuse_overwriting_input(report_path, [source])
+
+    _say(progress, f"loading {source}")
+    loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    notes = list(loaded.notes)
+    traced = []
+    prefix = ""
+    if loaded.module is not None:
+        from .trace import list_global_ops
+
+        _check_multiple(loaded, calib, "--calib")
+        shape = input_shape or (1, _input_channels(loaded), calib[0], calib[1])
+        _check_multiple(loaded, shape[2:], "--input-shape")
+        traced = [asdict(t) for t in list_global_ops(loaded.module)]
+        _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "
+                       f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
+        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family)
+        prefix = "model."
+    else:
+        graph_model = loaded.onnx_model
+        shape = input_shape
+
+    records: list[RewriteRecord] = []
+    if tlc:
+        _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
+        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix)
+        if not records:
+            message = "no global op found in the graph: nothing to convert, nothing written"
+            warnings.warn(message)
+            return ConversionResult(None, None, {"rewritten": [], "warning": message}, loaded=loaded,
+                                    warnings=[message])
+    _say(progress, "checking the graph with onnx.checker and ONNX Runtime")
+    check_shape = calibration_shape(graph_model, calib, shape)
+    check_graph(graph_model, check_shape, impl if tlc else "standard")
+
+    result_report = {
+        "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
+        "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
+        "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None, "dynamic": not static,
+        "opset": next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": _io_table(v for v in graph_model.graph.input
+                            if v.name not in {i.name for i in graph_model.graph.initializer}),
+        "outputs": _io_table(graph_model.graph.output),
+        "torch_global_ops": traced,
+        "rewritten": [asdict(r) for r in records],
+    }
+    result_report["seconds"] = round(time.perf_counter() - start, 2)
+    atomic_write_bytes(out_path, graph_model.SerializeToString())
+    atomic_write_text(report_path, json.dumps(result_report, indent=2) + "\n")
+    _say(progress, f"wrote {out_path} ({len(records)} global ops rewritten) and {report_path}")
+    return ConversionResult(out_path, report_path, result_report, graph_model, loaded)

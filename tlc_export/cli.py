@@ -1,0 +1,92 @@
+"""Command line: ``tlc-export MODEL --calib HxW [...]`` plus subcommands. A thin layer over the API.
+
+Bad input ends with one line on stderr and exit code 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+
+from .errors import UserError
+
+# Subcommand name -> module in tlc_export.commands with add_arguments(parser) and run(args) -> int.
+SUBCOMMANDS = {
+    "presets": "List the model-zoo presets, one per line, name first.",
+    "check": "Check an ONNX graph against a deployment target's operator support (--target tensorrt).",
+    "verify": "Compare a converted graph with the eager PyTorch TLC reference.",
+    "bench": "Median latency of global / TLC graphs, the eager reference and patch inference.",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage too)
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tlc-export", description="Convert a restoration network's global ops to TLC local "
+                "ops inside an exported ONNX graph. Subcommands: " + ", ".join(SUBCOMMANDS) + ".")
+    p.add_argument("model", help="checkpoint (.pth), TorchScript, torch.export (.pt2) or .onnx file")
+    p.add_argument("--calib", required=True, help="calibration image size HxW (e.g. 384x384, 384, 384,384)")
+    p.add_argument("--arch", help="preset or family for a checkpoint (default: detected from its keys)")
+    p.add_argument("--arch-kwargs", help="JSON of constructor keyword arguments (official names)")
+    p.add_argument("-o", "--output", help="output .onnx path (default: <stem>.tlc.onnx beside the input)")
+    p.add_argument("--input-shape", help="export input NxCxHxW (default 1xCx<calib>)")
+    p.add_argument("--static", action="store_true", help="bake the export shape (default: dynamic N, H, W)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    p.add_argument("--no-tlc", action="store_true", help="export the unchanged global model the same way")
+    p.add_argument("--impl", default="standard", choices=["standard", "plugin"],
+                   help="standard-op subgraphs (default) or one custom node per op (TensorRT plugin)")
+    p.add_argument("--report", help="JSON report path (default: beside the output)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickled full nn.Module (unpickling runs code from the file)")
+    return p
+
+
+def run_convert(argv: list[str]) -> int:
+    args = convert_parser().parse_args(argv)
+    arch_kwargs = None
+    if args.arch_kwargs:
+        try:
+            arch_kwargs = json.loads(args.arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(arch_kwargs, dict):
+            raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    from .api import convert
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
+                         input_shape=args.input_shape, static=args.static, opset=args.opset,
+                         tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl)
+    for w in result.warnings:
+        print(f"tlc-export: warning: {w}", file=sys.stderr)
+    for r in result.report.get("rewritten", []):
+        print(f"{r['onnx_name']}\t{r['op']}\t{r['window'][0]}x{r['window'][1]}\t{r['module_path']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            name = argv[0]
+            module = importlib.import_module(f"tlc_export.commands.{name}")
+            parser = _Parser(prog=f"tlc-export {name}", description=SUBCOMMANDS[name])
+            module.add_arguments(parser)
+            return int(module.run(parser.parse_args(argv[1:])) or 0)
+        return run_convert(argv)
+    except UserError as exc:
+        print(f"tlc-export: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlc-export: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

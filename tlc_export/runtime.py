@@ -1,0 +1,43 @@
+"""ONNX Runtime sessions for converted graphs (CPU here; CUDA/TensorRT providers when present).
+
+The plugin form (``--impl plugin``) needs the ``tlc_export`` custom-op domain registered; that comes
+from the ``tlc_trt_plugin`` package in ``plugins/``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+
+def session_options(impl: str = "standard", threads: int | None = None):
+    import onnxruntime as ort
+
+    if impl == "plugin":
+        from .errors import UserError
+
+        try:
+            from tlc_trt_plugin.ort_ops import session_options as plugin_options
+        except ImportError:
+            raise UserError("the plugin-form graph needs the tlc_trt_plugin package: "
+                            "pip install -e plugins/tlc_trt_plugin") from None
+        options = plugin_options()
+    else:
+        options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def ort_session(model: onnx.ModelProto | str | Path, impl: str = "standard", threads: int | None = None,
+                providers: list[str] | None = None):
+    """An InferenceSession for ``model`` (ModelProto or path)."""
+    import onnxruntime as ort
+
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, session_options(impl, threads), providers=providers)
