@@ -192,7 +192,12 @@ def test_to_local_global_equivalence_and_locality(cls, kwargs, size, calib_big, 
     with torch.no_grad():
         reference = model(x)
 
-    local_big, records = to_local(copy.deepcopy(model), calib=calib_big)
+    # The calibration input is passed explicitly: to_local's own guess of the input channels (the first
+    # Conv2d in module order) would read HINet's ``down_path_1.0.identity`` (wf channels), not ``conv_01``.
+    def calib_input(calib):
+        return torch.rand(1, 3, *calib, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    local_big, records = to_local(copy.deepcopy(model), calib=calib_big, example_input=calib_input(calib_big))
     assert len(records) == n_global
     assert not any(isinstance(m, global_type) for m in local_big.modules())
     with torch.no_grad():
@@ -202,7 +207,7 @@ def test_to_local_global_equivalence_and_locality(cls, kwargs, size, calib_big, 
         assert got.shape == ref.shape
         assert (got - ref).abs().max().item() <= 1e-6
 
-    local_small, _ = to_local(copy.deepcopy(model), calib=calib_small)
+    local_small, _ = to_local(copy.deepcopy(model), calib=calib_small, example_input=calib_input(calib_small))
     with torch.no_grad():
         out_small = _final(local_small(x))
     assert out_small.shape == _final(reference).shape

@@ -65,7 +65,7 @@ def _say(progress: Callable[[str], None] | None, message: str) -> None:
         progress(message)
 
 
-def _stderr(message: str) -> None:
+def stderr_progress(message: str) -> None:
     print(f"tlc-export: {message}", file=sys.stderr, flush=True)
 
 
@@ -77,12 +77,16 @@ def _check_multiple(loaded: LoadedModel, size: tuple[int, int], what: str) -> No
 
 
 def _input_channels(loaded: LoadedModel) -> int:
-    from torch import nn
+    from . import zoo
 
-    for m in loaded.module.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    raise UserError("cannot tell the model's input channels; give them with --input-shape NxCxHxW")
+    if loaded.family is not None:
+        return zoo.input_channels(loaded.family, loaded.preset, loaded.arch_kwargs)
+    from .reference.convert import input_channels as guess_channels
+
+    try:
+        return guess_channels(loaded.module)
+    except ValueError:
+        raise UserError("cannot tell the model's input channels; give them with --input-shape NxCxHxW") from None
 
 
 def _io_table(values) -> list[dict]:
@@ -95,8 +99,24 @@ def _io_table(values) -> list[dict]:
     return rows
 
 
+def _known_module_path(path: str, known: set[str]) -> str:
+    """Map an exporter scope path onto a real module path: a module called several times is scoped
+    ``name_1``, ``name_2``…; drop such suffixes where that gives a known path."""
+    if not known or path in known:
+        return path
+    parts = path.split(".")
+    for i in range(len(parts)):
+        trimmed = re.sub(r"_\d+$", "", parts[i])
+        if trimmed != parts[i]:
+            candidate = ".".join(parts[:i] + [trimmed] + parts[i + 1:])
+            resolved = _known_module_path(candidate, known)
+            if resolved in known:
+                return resolved
+    return path
+
+
 def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
-                   module_prefix: str = "") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+                   module_prefix: str = "", known_paths: set[str] = frozenset()) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
     """The rewrite stage on its own: find, calibrate and localise every global op of ``model``."""
     graph = import_graph(model)
     ops = find_global_ops(graph)
@@ -114,8 +134,8 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
     if impl == "plugin":
         add_plugin_opset(out)
     if module_prefix:
-        records = [RewriteRecord(r.onnx_name, r.module_path.removeprefix(module_prefix), r.op, r.pattern,
-                                 r.window, r.implementation) for r in records]
+        records = [RewriteRecord(r.onnx_name, _known_module_path(r.module_path.removeprefix(module_prefix), known_paths),
+                                 r.op, r.pattern, r.window, r.implementation) for r in records]
     return out, records
 
 
@@ -148,7 +168,7 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
             opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
             trust_pickle: bool = False, impl: str = "standard",
-            progress: Callable[[str], None] | None = _stderr) -> ConversionResult:
+            progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``model`` (a file path) to a TLC ONNX graph. See the README for the options."""
     start = time.perf_counter()
     if isinstance(calib, str):
@@ -190,7 +210,8 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
     records: list[RewriteRecord] = []
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
-        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix)
+        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
+                                              known_paths={t["path"] for t in traced})
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)

@@ -104,7 +104,8 @@ def calibrate_windows(model: onnx.ModelProto, ops: list[GlobalOp], calib: tuple[
 
     def spatial(name):
         dims = known.get(name)
-        if dims and len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        # Inference may say 0 (or less) for a map that vanishes at this size: that is a real answer.
+        if dims and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
             return int(dims[2]), int(dims[3])
         return None
 

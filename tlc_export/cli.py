@@ -46,6 +46,13 @@ def convert_parser() -> argparse.ArgumentParser:
     return p
 
 
+def progress_printer():
+    """Stage messages on an interactive terminal; scripts and logs get only results and errors."""
+    from .api import stderr_progress
+
+    return stderr_progress if sys.stderr.isatty() else None
+
+
 def run_convert(argv: list[str]) -> int:
     args = convert_parser().parse_args(argv)
     arch_kwargs = None
@@ -62,7 +69,8 @@ def run_convert(argv: list[str]) -> int:
         warnings.simplefilter("always")
         result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
-                         tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl)
+                         tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
+                         progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)
     for r in result.report.get("rewritten", []):

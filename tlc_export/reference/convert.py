@@ -212,11 +212,13 @@ def local_ops(model: nn.Module) -> list[LocalOpRecord]:
     return records
 
 
-def _input_channels(model: nn.Module) -> int:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    raise ValueError("cannot tell the model's input channels (no Conv2d found); pass example_input")
+def input_channels(model: nn.Module) -> int:
+    """Best guess at the image channels: the fewest input channels of any dense convolution
+    (image stems take 1-6 channels; feature convolutions take more)."""
+    convs = [m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    if not convs:
+        raise ValueError("cannot tell the model's input channels (no Conv2d found); pass example_input")
+    return min(convs)
 
 
 @torch.no_grad()
@@ -229,7 +231,7 @@ def calibrate(model: nn.Module, calib: tuple[int, int], example_input: torch.Ten
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
         gen = torch.Generator().manual_seed(0)
-        example_input = torch.rand(1, _input_channels(model), *calib, generator=gen, dtype=dtype)
+        example_input = torch.rand(1, input_channels(model), *calib, generator=gen, dtype=dtype)
     was_training = model.training
     model.eval()
     model(example_input)

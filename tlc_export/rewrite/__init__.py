@@ -56,8 +56,18 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
         else:  # pragma: no cover - patterns only yields the kinds above
             raise AssertionError(op.kind)
         records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), IMPLEMENTATION))
+    forget_intermediate_shapes(graph)
     graph.cleanup().toposort()
     return records
+
+
+def forget_intermediate_shapes(graph: gs.Graph) -> None:
+    """Drop the exporter's intermediate shapes: a pooled (N, C, 1, 1) tensor is now N×C×h×w, and so is
+    everything computed from it; ONNX Runtime plans buffers from declared shapes, so stale ones break it."""
+    keep = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in keep:
+            tensor.shape = None
 
 
 __all__ = ["GlobalOp", "RewriteRecord", "constant_value", "find_global_ops", "localize"]

@@ -25,9 +25,16 @@ class GlobalOp:
 
     @property
     def module_path(self) -> str:
-        """The PyTorch module path, recovered from the exporter's scoped node name (/a/b/Op -> a.b)."""
-        parts = [p for p in self.name.split("/") if p]
-        return ".".join(parts[:-1]) if len(parts) > 1 else ""
+        """The PyTorch module path, recovered from the exporter's scoped node name: ``/a/b/Op`` -> ``a.b``;
+        container children are scoped with their parent's name (``/enc/enc.0/conv/Op`` -> ``enc.0.conv``)."""
+        parts = [p for p in self.name.split("/") if p][:-1]
+        path: list[str] = []
+        for part in parts:
+            if path and part.startswith(path[-1] + "."):
+                path[-1] = part
+            else:
+                path.append(part)
+        return ".".join(path)
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:

@@ -64,3 +64,19 @@ def input_multiple(family: str, model: nn.Module | None = None) -> int:
 
 def preset_names() -> list[str]:
     return list(presets())
+
+
+# The official constructor keyword that sets each family's input channels.
+_CHANNEL_KWARG = {"hinet": "in_chn", "mprnet": "in_c", "restormer": "inp_channels", "nafnet": "img_channel"}
+
+
+def input_channels(family: str, preset: str | None = None, overrides: dict | None = None) -> int:
+    """Input channels of a zoo network built from ``preset`` (or the family defaults) plus ``overrides``."""
+    import inspect
+
+    key = _CHANNEL_KWARG[family.lower()]
+    kwargs = dict(presets()[preset][2]) if preset else {}
+    kwargs.update(overrides or {})
+    if key in kwargs:
+        return int(kwargs[key])
+    return int(inspect.signature(family_class(family).__init__).parameters[key].default)

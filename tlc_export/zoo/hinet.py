@@ -192,3 +192,8 @@ PRESETS = {
 }
 
 FAMILY_CLASS = HINet
+
+
+def input_multiple(model: HINet) -> int:
+    """H and W must be multiples of this: the encoder halves the map depth − 1 times and never pads."""
+    return 2 ** (model.depth - 1)
