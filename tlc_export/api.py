@@ -76,16 +76,16 @@ def _check_multiple(loaded: LoadedModel, size: tuple[int, int], what: str) -> No
                         f"{what} {size[0]}x{size[1]} is not (e.g. use {size[0] // m * m or m}x{size[1] // m * m or m})")
 
 
-def _input_channels(loaded: LoadedModel) -> int:
+def _input_channels(loaded: LoadedModel, size: tuple[int, int]) -> int:
     from . import zoo
 
     if loaded.family is not None:
         return zoo.input_channels(loaded.family, loaded.preset, loaded.arch_kwargs)
-    from .reference.convert import input_channels as guess_channels
+    from .reference.convert import run_on_image
 
     try:
-        return guess_channels(loaded.module)
-    except ValueError:
+        return run_on_image(loaded.module.eval(), size)
+    except (ValueError, RuntimeError):
         raise UserError("cannot tell the model's input channels; give them with --input-shape NxCxHxW") from None
 
 
@@ -196,7 +196,7 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
         from .trace import list_global_ops
 
         _check_multiple(loaded, calib, "--calib")
-        shape = input_shape or (1, _input_channels(loaded), calib[0], calib[1])
+        shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
         _check_multiple(loaded, shape[2:], "--input-shape")
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "

@@ -163,36 +163,8 @@ class _Checker:
 
     # ---- graph facts -------------------------------------------------------------------------
     def _infer_types(self) -> dict[str, int]:
-        """Element type of every tensor ONNX shape inference can type (plugin nodes count as Identity)."""
-        probe = copy.deepcopy(self.model)
-        for node in _all_nodes(probe.graph):
-            if node.op_type in self.plugin_ops and node.domain not in ("", "ai.onnx") and node.input:
-                inp, out = node.input[0], node.output[0]
-                node.Clear()
-                node.op_type, node.domain = "Identity", ""
-                node.input.append(inp)
-                node.output.append(out)
-        try:
-            probe = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False)
-        except Exception:  # inconsistent graph: fall back to the types written in the file
-            probe = self.model
-        types: dict[str, int] = {}
-
-        def collect(graph: onnx.GraphProto):
-            for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-                if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                    types[vi.name] = vi.type.tensor_type.elem_type
-                    if vi.type.tensor_type.HasField("shape"):
-                        self.ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-            for init in graph.initializer:
-                types[init.name] = init.data_type
-                self.ranks[init.name] = len(init.dims)
-            for node in graph.node:
-                for attr in node.attribute:
-                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                        collect(sub)
-
-        collect(probe.graph)
+        types, ranks = infer_tensor_types(self.model, self.plugin_ops)
+        self.ranks.update(ranks)
         return types
 
     def _index_graph(self, graph: onnx.GraphProto):
@@ -410,6 +382,50 @@ class _Checker:
                         self.flag(node, name, f"CumSum reverse={r} while other CumSums on axis {axis} use "
                                               f"reverse={main_r}: TensorRT gives such CumSums identical "
                                               f"outputs (NVIDIA/TensorRT#4513)")
+
+
+def infer_tensor_types(model: onnx.ModelProto, plugin_ops=DEFAULT_PLUGIN_OPS) -> tuple[dict[str, int], dict[str, int]]:
+    """``({tensor: ONNX elem type}, {tensor: rank})`` from ONNX shape inference on a copy of ``model``.
+
+    Plugin nodes (custom-domain ``plugin_ops``) have no ONNX schema; for inference they stand in as
+    Identity of their first input, which is what they are type-wise (same type and shape as ``x``).
+    Subgraphs are included. If inference fails the types written in the file are used.
+    """
+    probe = copy.deepcopy(model)
+    for node in _all_nodes(probe.graph):
+        if node.op_type in plugin_ops and node.domain not in ("", "ai.onnx") and node.input:
+            inp, out = node.input[0], node.output[0]
+            node.Clear()
+            node.op_type, node.domain = "Identity", ""
+            node.input.append(inp)
+            node.output.append(out)
+    try:
+        probe = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False)
+    except Exception:  # inconsistent graph: fall back to the types written in the file
+        probe = model
+    types: dict[str, int] = {}
+    ranks: dict[str, int] = {}
+
+    def collect(graph: onnx.GraphProto):
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                types[vi.name] = vi.type.tensor_type.elem_type
+                if vi.type.tensor_type.HasField("shape"):
+                    ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        for init in graph.initializer:
+            types[init.name] = init.data_type
+            ranks[init.name] = len(init.dims)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        types.setdefault(node.output[0], attr.t.data_type)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    collect(sub)
+
+    collect(probe.graph)
+    return types, ranks
 
 
 def _small(tensor: TensorProto) -> bool:

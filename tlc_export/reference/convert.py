@@ -212,30 +212,52 @@ def local_ops(model: nn.Module) -> list[LocalOpRecord]:
     return records
 
 
-def input_channels(model: nn.Module) -> int:
-    """Best guess at the image channels: the fewest input channels of any dense convolution
-    (image stems take 1-6 channels; feature convolutions take more)."""
-    convs = [m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
-    if not convs:
+def channel_candidates(model: nn.Module) -> list[int]:
+    """Plausible image channel counts, most likely first: the input channels of the dense convolutions,
+    fewest first (image stems take 1-6 channels; feature convolutions usually take more)."""
+    counts = sorted({m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1})
+    if not counts:
         raise ValueError("cannot tell the model's input channels (no Conv2d found); pass example_input")
-    return min(convs)
+    return counts
+
+
+def _reset_windows(model: nn.Module) -> None:
+    for m in model.modules():
+        if getattr(m, "kind", None) is not None and hasattr(m, "window"):
+            m.window = None
+
+
+@torch.no_grad()
+def run_on_image(model: nn.Module, size: tuple[int, int], before_each=None) -> int:
+    """Run ``model`` once on a random 1×C×H×W image, guessing C (``channel_candidates``; a guess the
+    network rejects is followed by the next one); returns the C that ran."""
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    failure = None
+    for channels in channel_candidates(model):
+        if before_each is not None:
+            before_each()
+        try:
+            model(torch.rand(1, channels, *size, generator=torch.Generator().manual_seed(0), dtype=dtype))
+            return channels
+        except RuntimeError as exc:  # wrong channel guess (or a size the model rejects): next guess
+            failure = exc
+    raise failure
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, calib: tuple[int, int], example_input: torch.Tensor | None = None) -> nn.Module:
     """Set every local op's window to its input size on a calib-sized input (one forward pass)."""
-    for m in model.modules():
-        if getattr(m, "kind", None) is not None and hasattr(m, "window"):
-            m.window = None
-    if example_input is None:
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        gen = torch.Generator().manual_seed(0)
-        example_input = torch.rand(1, input_channels(model), *calib, generator=gen, dtype=dtype)
     was_training = model.training
     model.eval()
-    model(example_input)
-    model.train(was_training)
+    try:
+        if example_input is not None:
+            _reset_windows(model)
+            model(example_input)
+        else:
+            run_on_image(model, calib, before_each=lambda: _reset_windows(model))
+    finally:
+        model.train(was_training)
     return model
 
 
