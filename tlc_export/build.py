@@ -132,22 +132,37 @@ def _schema(node: onnx.NodeProto, opsets: dict[str, int]):
         return None
 
 
-def _allows(schema, params, index: int, type_str: str) -> bool:
+def _param(params, index: int):
     if not params:
-        return False
+        return None
     if index < len(params):
-        param = params[index]
-    elif params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
-        param = params[-1]
-    else:
+        return params[index]
+    if params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return params[-1]
+    return None
+
+
+def _allows(schema, newest, kind: str, index: int, type_str: str) -> bool:
+    """May formal input/output ``index`` of ``schema`` hold ``type_str``?
+
+    With ``newest`` (the op's newest schema) the question is asked of it for the same parameter (same
+    name): ONNX added bfloat16 to many ops late (Conv at opset 22) and TensorRT's parser does not check
+    ONNX type constraints, only its own table.
+    """
+    sch, param = schema, _param(getattr(schema, kind), index)
+    if newest is not None and param is not None:
+        latest = _param(getattr(newest, kind), index)
+        if latest is not None and latest.name == param.name:
+            sch, param = newest, latest
+    if param is None:
         return False
-    constraints = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
+    constraints = {c.type_param_str: list(c.allowed_type_strs) for c in sch.type_constraints}
     return type_str in constraints.get(param.type_str, [param.type_str])
 
 
 def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = "fp16",
-                              keep_io_types: bool = True,
-                              plugin_ops=DEFAULT_PLUGIN_OPS) -> onnx.ModelProto:
+                              keep_io_types: bool = True, plugin_ops=DEFAULT_PLUGIN_OPS,
+                              respect_opset: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` computing in ``dtype`` (fp16 / bf16), with the TLC statistics kept in FP32.
 
     * FP32 weights become ``dtype`` (FP16 clipped to ±65504); FP32 activations follow — every node
@@ -158,6 +173,11 @@ def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = 
       every boundary; those entering a TLC island are named inside it (``<prefix>/tlc/Cast_in_*``).
     * ``keep_io_types``: graph inputs/outputs stay float32 (Casts after inputs / before outputs), so
       callers feed and get FP32; else they become ``dtype``.
+    * ``respect_opset``: an op computes in ``dtype`` only if its schema *at the model's opset* admits it,
+      so the result passes ``onnx.checker``. ONNX admits bfloat16 late (Conv from opset 22), so at opset
+      17/18 a bf16 graph keeps its Convs in FP32; with ``respect_opset=False`` the op's newest schema
+      decides instead — what TensorRT accepts (its parser checks its own type table, not ONNX's
+      opset), at the price of a graph ``onnx.checker`` and ONNX Runtime may reject.
     Graphs with control flow (If/Loop/Scan) are refused. Value info is recomputed by shape inference.
     """
     rtype = _reduced_type(dtype)
@@ -198,12 +218,13 @@ def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = 
         schema = None if is_tlc_node(node, plugin_ops) else _schema(node, opsets)
         isl = schema is None or node.domain not in ("", "ai.onnx")
         island[k] = isl
+        newest = None if respect_opset or isl else _schema(node, {"": onnx.defs.onnx_opset_version()})
         for i, name in enumerate(node.input):
             if is_float(name):
-                want_in[(k, i)] = FLOAT if isl or not _allows(schema, schema.inputs, i, rstr) else rtype
+                want_in[(k, i)] = FLOAT if isl or not _allows(schema, newest, "inputs", i, rstr) else rtype
         for j, name in enumerate(node.output):
             if is_float(name):
-                home[name] = FLOAT if isl or not _allows(schema, schema.outputs, j, rstr) else rtype
+                home[name] = FLOAT if isl or not _allows(schema, newest, "outputs", j, rstr) else rtype
 
     # 2. Rewrite attributes that fix an output type, on nodes whose output moves to the reduced type.
     for k, node in enumerate(g.node):
@@ -445,7 +466,7 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
     try:
         parse_path = src
         if strongly_typed and precision != "fp32":
-            reduced = to_reduced_precision_onnx(src, precision)
+            reduced = to_reduced_precision_onnx(src, precision, respect_opset=False)
             parse_path = work / "reduced.onnx"
             onnx.save(reduced, str(parse_path), save_as_external_data=reduced.ByteSize() > (1 << 30),
                       location="reduced.onnx.data")
