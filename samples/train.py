@@ -104,7 +104,7 @@ def train(arch: str, arch_kwargs: dict | None = None, *, steps: int = 4000, patc
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(value))
+        losses.append(float(value.detach()))
         if log is not None and (step % log_every == 0 or step == steps):
             window = losses[-log_every:]
             log(f"step {step:6d}/{steps}  loss {sum(window) / len(window):9.4f}  "

@@ -3,7 +3,6 @@ reduced-precision rewrite and the engine builders. Tests that need TensorRT skip
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -342,6 +341,18 @@ def test_triton_plan_repo_with_plugin(tmp_path, net_path):
         write_triton_repo(repo, "bad", plan_path=plan)
 
 
+def test_triton_onnx_repo_with_custom_nodes_needs_an_ort_library(tmp_path):
+    path = tmp_path / "plugin.tlc.onnx"
+    onnx.save(tlc_net(plugin=True), str(path))
+    with pytest.raises(UserError, match="custom-domain nodes"):
+        write_triton_repo(tmp_path / "models", "p", onnx_path=path)
+    lib = tmp_path / "libtlc_ort_ops.so"
+    lib.write_bytes(b"")
+    model_dir = write_triton_repo(tmp_path / "models", "p", onnx_path=path, plugin_library=lib)
+    cfg = _parse_config(model_dir / "config.pbtxt")
+    assert list(cfg.model_operations.op_library_filename) == [str(lib.resolve())]
+
+
 def test_triton_repo_is_atomic(tmp_path, net_path, monkeypatch):
     import tlc_export.serve as serve
 
@@ -439,7 +450,9 @@ def test_build_ort_session(net_path):
 
 def _have_tensorrt() -> bool:
     try:
-        import tensorrt  # noqa: F401
+        import importlib
+
+        importlib.import_module("tensorrt")
     except Exception:
         return False
     return True
@@ -454,6 +467,64 @@ def test_build_trt_engine_without_tensorrt_is_one_line_user_error(net_path, tmp_
     assert not (tmp_path / "net.plan").exists()
     with pytest.raises(UserError, match="precision"):
         build_trt_engine(net_path, tmp_path / "net.plan", precision="int4")
+
+
+class _FakeTrt:
+    """Just enough of the tensorrt module's surface for the code paths that need no GPU."""
+
+    __version__ = "10.8.0"
+    float32, float16, bfloat16, int64 = "float32", "float16", "bfloat16", "int64"
+
+    class LayerType:
+        CONSTANT, SHAPE, CUMULATIVE, ELEMENTWISE, CAST = "constant", "shape", "cumulative", "elementwise", "cast"
+
+    class Logger:
+        ERROR = 1
+
+        def __init__(self, level=None):
+            pass
+
+    class Builder:
+        def __init__(self, logger):
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+
+
+class _FakeLayer:
+    def __init__(self, name, type_, out_dtypes):
+        self.name, self.type, self._outs = name, type_, [type("T", (), {"dtype": d})() for d in out_dtypes]
+        self.precision, self.output_types = None, {}
+
+    num_outputs = property(lambda self: len(self._outs))
+
+    def get_output(self, i):
+        return self._outs[i]
+
+    def set_output_type(self, i, dtype):
+        self.output_types[i] = dtype
+
+
+def test_weak_typing_marks_only_floating_tlc_layers_fp32():
+    from tlc_export.build import _mark_tlc_fp32
+
+    t = _FakeTrt
+    layers = [_FakeLayer(P + "CumSum_w", t.LayerType.CUMULATIVE, [t.float32]),
+              _FakeLayer(P + "Div_mean", t.LayerType.ELEMENTWISE, [t.float16]),
+              _FakeLayer(P + "Shape_h", t.LayerType.SHAPE, [t.int64]),
+              _FakeLayer(P + "Min_k1", t.LayerType.ELEMENTWISE, [t.int64]),
+              _FakeLayer(P + "Cast_area", t.LayerType.CAST, [t.float32]),
+              _FakeLayer("/body/conv1/Conv", t.LayerType.ELEMENTWISE, [t.float32])]
+    network = type("N", (), {"num_layers": len(layers), "get_layer": lambda self, i: layers[i]})()
+    assert _mark_tlc_fp32(network, t) == 3
+    assert [l.precision for l in layers] == [t.float32, t.float32, None, None, t.float32, None]
+    assert layers[1].output_types == {0: t.float32} and layers[5].output_types == {}
+
+
+def test_build_trt_engine_without_gpu_is_one_line_user_error(net_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTrt)
+    with pytest.raises(UserError) as info:
+        build_trt_engine(net_path, tmp_path / "net.plan", precision="fp16", calib=(16, 16))
+    assert "needs an NVIDIA GPU" in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("precision,strongly_typed", [("fp32", None), ("fp16", None), ("fp16", True)])

@@ -347,6 +347,20 @@ def _import_tensorrt():
     return trt
 
 
+def _require_gpu(trt) -> None:
+    """TensorRT imports without a GPU but cannot make a builder: say so in one line."""
+    try:
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    except Exception as err:
+        builder, why = None, _one_line(err)
+    else:
+        why = "the builder could not be created"
+    if builder is None:
+        raise UserError(f"TensorRT {getattr(trt, '__version__', '')} cannot build here: it needs an NVIDIA GPU "
+                        f"with a working CUDA driver ({why})")
+    del builder
+
+
 def trt_major_version(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
 
@@ -440,6 +454,10 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
                             f"strongly_typed=False needs TensorRT 10.x")
         strongly_typed = True
     strongly_typed = bool(strongly_typed)
+    # TensorRT 11 networks are strongly typed whatever the flag (kSTRONGLY_TYPED is deprecated and
+    # ignored there), so the flag is only passed to 10.x.
+    network_strongly_typed = strongly_typed if major < 11 else None
+    _require_gpu(trt)
 
     name, dims = _input_info(src)
     if input_name is not None:
@@ -471,12 +489,18 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
             onnx.save(reduced, str(parse_path), save_as_external_data=reduced.ByteSize() > (1 << 30),
                       location="reduced.onnx.data")
 
-        so_plugins = [str(p) for p in plugins if str(p).endswith(".so") or os.sep in str(p)]
-        for module in (str(p) for p in plugins if str(p) not in so_plugins):
+        so_plugins, modules = [], []
+        for p in map(str, plugins):
+            is_lib = Path(p).is_file() or p.endswith((".so", ".dll")) or ".so." in p
+            (so_plugins if is_lib else modules).append(p)
+        for module in modules:  # Python tensorrt.plugin definitions register on import
             import importlib
 
-            importlib.import_module(module)
-        network = NetworkFromOnnxPath(str(parse_path), strongly_typed=strongly_typed)
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise UserError(f"cannot import plugin module {module!r}: {_one_line(err)}") from None
+        network = NetworkFromOnnxPath(str(parse_path), strongly_typed=network_strongly_typed)
         if so_plugins:
             network = LoadPlugins(plugins=so_plugins, obj=network)
         weak_reduced = not strongly_typed and precision != "fp32"

@@ -268,6 +268,13 @@ def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | N
     if not model_src.is_file():
         raise UserError(f"cannot read {model_src}: no such file")
 
+    if plugin_library is None:
+        libs: list[str] = []
+    elif isinstance(plugin_library, (str, Path)):
+        libs = [str(Path(plugin_library).resolve())]
+    else:
+        libs = [str(Path(p).resolve()) for p in plugin_library]
+
     if inputs is None or outputs is None:
         if onnx_path is None:
             raise UserError("for a TensorRT plan give inputs= and outputs= (or onnx_path= of the ONNX it was "
@@ -275,6 +282,13 @@ def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | N
         onnx_in, onnx_out = tensor_specs_from_onnx(onnx_path)
         inputs = onnx_in if inputs is None else inputs
         outputs = onnx_out if outputs is None else outputs
+    if kind == "onnx" and not libs:
+        custom = sorted({f"{n.domain}::{n.op_type}" for n in _load_onnx(model_src).graph.node
+                         if n.domain not in ("", "ai.onnx")})
+        if custom:
+            raise UserError(f"the ONNX graph has custom-domain nodes ({', '.join(custom[:3])}) that ONNX Runtime "
+                            f"cannot run without their kernels: pass plugin_library= the ORT custom-op library, "
+                            f"or serve the standard-op graph (or a TensorRT plan)")
     in_specs, out_specs = [_spec(s) for s in inputs], [_spec(s) for s in outputs]
     if not in_specs or not out_specs:
         raise UserError("a Triton model needs at least one input and one output")
@@ -288,13 +302,6 @@ def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | N
     if max_batch_size > 0 and not dynamic_batch:
         raise UserError(f"max_batch_size {max_batch_size} needs a dynamic batch (first dim -1) in every input "
                         f"and output; this model's batch is fixed, use max_batch_size=0")
-
-    if plugin_library is None:
-        libs: list[str] = []
-    elif isinstance(plugin_library, (str, Path)):
-        libs = [str(Path(plugin_library).resolve())]
-    else:
-        libs = [str(Path(p).resolve()) for p in plugin_library]
 
     text = render_config(name, kind, in_specs, out_specs, max_batch_size,
                          op_libraries=libs if kind == "onnx" else ())

@@ -95,6 +95,14 @@ class Violation:
     def __str__(self) -> str:
         return f"{self.node}: {self.op}: {self.reason}"
 
+    @property
+    def node_name(self) -> str:
+        return self.node
+
+    @property
+    def op_type(self) -> str:
+        return self.op
+
 
 @dataclass
 class CheckReport:
@@ -209,14 +217,15 @@ class _Checker:
 
     def _check_node(self, node: onnx.NodeProto, name: str, cumsums: list):
         op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            if (node.domain, op) in self.functions:
+        if node.domain not in ("", "ai.onnx") or op not in self.ops:
+            if (node.domain, op) in self.functions and op not in self.plugin_ops:
                 # TensorRT's parser imports model-local functions by inlining their bodies.
                 body = self.functions[(node.domain, op)]
                 for i, inner in enumerate(body.node):
                     self.report.nodes_checked += 1
                     self._check_node(inner, f"{name}/{inner.name or f'{inner.op_type}_{i}'}", cumsums)
                 return
+        if node.domain not in ("", "ai.onnx"):
             if op in self.plugin_ops:
                 return
             self.flag(node, name, f"custom-domain op with no TensorRT importer: TensorRT needs a registered "
@@ -224,8 +233,6 @@ class _Checker:
             return
         entry = self.ops.get(op)
         if entry is None:
-            if (node.domain, op) in self.functions:
-                return
             self.flag(node, name, "op is not in the TensorRT ONNX parser's operator table")
             return
         if not entry["supported"]:

@@ -1,0 +1,61 @@
+"""Verification through polygraphy: the true graph passes, a deliberately perturbed one is flagged."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import SMALL, perturb_identity_params
+from tlc_export import zoo
+from tlc_export.api import convert
+from tlc_export.cli import main
+from tlc_export.testing import assert_parity
+
+CALIB = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def nafnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    torch.manual_seed(0)
+    model = perturb_identity_params(zoo.build("nafnet", **SMALL["nafnet"])).eval()
+    ckpt = root / "nafnet.pth"
+    torch.save({"params": model.state_dict()}, ckpt)
+    result = convert(ckpt, CALIB, arch="nafnet", arch_kwargs=SMALL["nafnet"])
+    return model, ckpt, result.onnx_path
+
+
+def widen_windows(src, dst):
+    """The same graph with every calibrated window one pixel wider: a plausible off-by-one bug."""
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if "/tlc/" in node.name and node.op_type == "Min":
+            const = inits[node.input[1]]
+            const.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(const) + 1, const.name))
+    onnx.save(model, str(dst))
+
+
+def test_true_graph_passes_and_perturbed_graph_fails(nafnet, tmp_path):
+    model, ckpt, graph = nafnet
+    report = assert_parity(model, graph, CALIB, sizes=[(40, 56), (24, 72)], atol=1e-5)
+    assert all(r.max_abs <= 1e-5 for r in report.rows)
+    assert all(r.psnr_global_vs_local < 120 for r in report.rows), "TLC effect should be visible"
+    bad = tmp_path / "bad.onnx"
+    widen_windows(graph, bad)
+    with pytest.raises(AssertionError, match="differs from the eager TLC reference"):
+        assert_parity(model, bad, CALIB, sizes=[(40, 56)], atol=1e-5)
+
+
+def test_verify_cli_exit_codes(nafnet, tmp_path, capsys):
+    _, ckpt, graph = nafnet
+    args = ["--calib", "32", "--arch", "nafnet", "--arch-kwargs", json.dumps(SMALL["nafnet"]), "--atol", "1e-5"]
+    out = tmp_path / "r.json"
+    assert main(["verify", str(ckpt), str(graph), *args, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert any(r["input_shape"][2:] == [300, 451] for r in rows), "the real photo is verified too"
+    bad = tmp_path / "bad.onnx"
+    widen_windows(graph, bad)
+    assert main(["verify", str(ckpt), str(bad), *args, "--no-photo"]) == 1
+    assert "FAIL" in capsys.readouterr().out

@@ -1,0 +1,176 @@
+"""Verify: the converted graph against the eager PyTorch TLC reference, through polygraphy.
+
+Both run as polygraphy runners (``OnnxrtRunner`` for the graph, ``EagerRunner`` below for the
+reference — polygraphy's own ``PytRunner`` moves tensors to CUDA) on the same inputs: seeded random
+images at several sizes plus a real photo from scikit-image at full resolution. ``Comparator`` checks
+them; the report adds max/mean abs error and PSNR per output, and the TLC effect (PSNR between the
+global and the local eager outputs).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from torch import nn
+
+from .calibrate import graph_input
+from .errors import UserError
+
+
+class EagerRunner(BaseRunner):
+    """A polygraphy runner for an eager ``nn.Module`` on the CPU (outputs named like the graph's)."""
+
+    def __init__(self, model: nn.Module, input_name: str, output_names: list[str], final_stage_last: bool,
+                 name: str = "eager"):
+        super().__init__(name=name, prefix="eager-runner")
+        self._model = model
+        self._input_name = input_name
+        self._output_names = output_names
+        self._final_stage_last = final_stage_last
+
+    def activate_impl(self):
+        self._model.eval()
+
+    def get_input_metadata_impl(self):
+        return TensorMetadata().add(self._input_name, np.float32, (-1, -1, -1, -1))
+
+    def infer_impl(self, feed_dict):
+        x = torch.from_numpy(np.ascontiguousarray(feed_dict[self._input_name]))
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self._model(x)
+        self.inference_time = time.perf_counter() - start
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if self._final_stage_last:
+            outs = outs[::-1]
+        return OrderedDict((name, o.numpy()) for name, o in zip(self._output_names, outs))
+
+    def deactivate_impl(self):
+        pass
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def photo_input(channels: int, multiple: int = 1, max_side: int | None = None) -> np.ndarray:
+    """A real photo shipped with scikit-image (Chelsea the cat, 300×451) as 1×C×H×W in [0, 1],
+    cropped to the model's size multiple."""
+    from skimage import data
+
+    img = data.chelsea().astype(np.float32) / 255.0
+    if channels == 1:
+        img = img.mean(axis=2, keepdims=True)
+    elif channels != 3:
+        img = np.concatenate([img] * (channels // 3 + 1), axis=2)[..., :channels]
+    h, w = img.shape[:2]
+    if max_side:
+        h, w = min(h, max_side), min(w, max_side)
+    h, w = h // multiple * multiple, w // multiple * multiple
+    return np.ascontiguousarray(img[:h, :w].transpose(2, 0, 1)[None])
+
+
+def random_inputs(channels: int, sizes: list[tuple[int, int]], seed: int = 0, batch: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((batch, channels, h, w), dtype=np.float32) for h, w in sizes]
+
+
+@dataclass
+class OutputStats:
+    input_shape: tuple[int, ...]
+    output: str
+    max_abs: float
+    mean_abs: float
+    psnr_vs_reference: float
+    psnr_global_vs_local: float | None
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    atol: float
+    rows: list[OutputStats] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{'input':>16s} {'output':>10s} {'max abs':>10s} {'mean abs':>10s} {'PSNR ref':>9s} {'TLC effect':>10s}"]
+        for r in self.rows:
+            effect = "" if r.psnr_global_vs_local is None else f"{r.psnr_global_vs_local:8.2f}dB"
+            lines.append(f"{'x'.join(map(str, r.input_shape)):>16s} {r.output:>10s} {r.max_abs:10.2e} "
+                         f"{r.mean_abs:10.2e} {r.psnr_vs_reference:9.2f} {effect:>10s}")
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} (atol {self.atol:g}); TLC effect = PSNR between the "
+                     f"global and the local eager outputs (lower: TLC changes more)")
+        return "\n".join(lines)
+
+
+def verify(reference: nn.Module, onnx_model: onnx.ModelProto | str, inputs: list[np.ndarray], *,
+           global_model: nn.Module | None = None, atol: float = 1e-4, final_stage_last: bool = False,
+           impl: str = "standard") -> VerifyReport:
+    """Run ``reference`` (eager, already local) and the graph on ``inputs``; compare every output."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from .runtime import ort_session
+
+    model = onnx.load(str(onnx_model)) if isinstance(onnx_model, str) else onnx_model
+    input_name = graph_input(model).name
+    output_names = [o.name for o in model.graph.output]
+    feeds = [OrderedDict([(input_name, x)]) for x in inputs]
+    graph_runner = OnnxrtRunner(lambda: ort_session(model, impl=impl), name="onnxruntime")
+    eager = EagerRunner(reference, input_name, output_names, final_stage_last, name="eager-tlc")
+    runners = [graph_runner, eager]
+    if global_model is not None:
+        runners.append(EagerRunner(global_model, input_name, output_names, final_stage_last, name="eager-global"))
+    from polygraphy.logger import G_LOGGER
+
+    previous = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # our table replaces polygraphy's per-output log
+    try:
+        results = Comparator.run(runners, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, comparisons=[(0, 1)],
+                                               compare_func=SimpleCompareFunc(atol=atol, rtol=0.0))
+    finally:
+        G_LOGGER.module_severity = previous
+    passed = bool(accuracy)
+    report = VerifyReport(passed, atol)
+    graph_outs, eager_outs = results[0][1], results[1][1]
+    global_outs = results[2][1] if global_model is not None else None
+    for i, x in enumerate(inputs):
+        for name in output_names:
+            got, want = graph_outs[i][name], eager_outs[i][name]
+            diff = np.abs(got.astype(np.float64) - want)
+            effect = psnr(global_outs[i][name], want) if global_outs is not None else None
+            report.rows.append(OutputStats(tuple(x.shape), name, float(diff.max()), float(diff.mean()),
+                                           psnr(got, want), effect))
+    return report
+
+
+def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=None, arch_kwargs=None,
+                      sizes: list[tuple[int, int]] | None = None, atol: float = 1e-4, photo: bool = True,
+                      trust_pickle: bool = False, impl: str = "standard", batch: int = 1) -> VerifyReport:
+    """Load ``model_path`` as the converter does, build its eager TLC reference at ``calib`` and verify."""
+    from .load import load_model
+    from .reference import to_local
+
+    loaded = load_model(model_path, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    if loaded.module is None:
+        raise UserError("verify needs the PyTorch model (a checkpoint, TorchScript or .pt2), not an .onnx file")
+    model = onnx.load(str(onnx_path))
+    channels = graph_input(model).type.tensor_type.shape.dim[1].dim_value or 3
+    m = loaded.input_multiple
+    if sizes is None:
+        sizes = [(calib[0] + 2 * max(m, 8), calib[1] + 3 * max(m, 8)), (max(m, calib[0] // 2 // m * m), calib[1] * 2)]
+    sizes = [(h // m * m or m, w // m * m or m) for h, w in sizes]
+    inputs = random_inputs(channels, sizes, batch=batch)
+    if photo:
+        inputs.append(photo_input(channels, m))
+    local, _ = to_local(copy.deepcopy(loaded.module), calib)
+    return verify(local, model, inputs, global_model=loaded.module, atol=atol,
+                  final_stage_last=loaded.family == "hinet", impl=impl)
