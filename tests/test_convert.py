@@ -143,6 +143,27 @@ def test_foreign_onnx_converts_without_pytorch_in_the_loop(tmp_path):
         assert np.abs(session.run(None, {"x": x.numpy()})[0] - want).max() <= 1e-5
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "torch.export"])
+def test_traced_archives_convert(tmp_path, fmt):
+    model = perturb_identity_params(_SEIN()).eval()
+    x = torch.rand(1, 3, 24, 24)
+    if fmt == "torchscript":
+        path = tmp_path / "sein.ts"
+        torch.jit.save(torch.jit.trace(model, x), path)
+    else:
+        path = tmp_path / "sein.pt2"
+        dim = {2: torch.export.Dim("h", min=4, max=2048), 3: torch.export.Dim("w", min=4, max=2048)}
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": dim}), path)
+    result = convert(path, (16, 20))
+    assert result.report["format"] == fmt and len(result.report["rewritten"]) == 3
+    local, _ = to_local(copy.deepcopy(model), (16, 20))
+    y = torch.rand(2, 3, 33, 27)
+    with torch.no_grad():
+        want = local(y).numpy()
+    got = ort_session(result.onnx_path).run(None, {"input": y.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-5
+
+
 def test_preset_is_detected_from_a_released_style_checkpoint(tmp_path):
     """MPRNet-Deraining as released: 'state_dict' wrapper, 'module.' prefix (DataParallel)."""
     model = zoo.build("MPRNet-Deraining")

@@ -84,7 +84,7 @@ def _input_channels(loaded: LoadedModel, size: tuple[int, int]) -> int:
     from .reference.convert import run_on_image
 
     try:
-        return run_on_image(loaded.module.eval(), size)
+        return run_on_image(loaded.module, size)
     except (ValueError, RuntimeError):
         raise UserError("cannot tell the model's input channels; give them with --input-shape NxCxHxW") from None
 
@@ -134,7 +134,10 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
     if impl == "plugin":
         add_plugin_opset(out)
     if module_prefix:
-        records = [RewriteRecord(r.onnx_name, _known_module_path(r.module_path.removeprefix(module_prefix), known_paths),
+        def unprefixed(path: str) -> str:
+            return "" if path == module_prefix.rstrip(".") else path.removeprefix(module_prefix)
+
+        records = [RewriteRecord(r.onnx_name, _known_module_path(unprefixed(r.module_path), known_paths),
                                  r.op, r.pattern, r.window, r.implementation) for r in records]
     return out, records
 

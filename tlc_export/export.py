@@ -30,6 +30,17 @@ class FinalOutputFirst(nn.Module):
         self.model = model
         self.reverse = reverse
 
+    def train(self, mode: bool = True):
+        # torch.export modules refuse train()/eval() (they are inference graphs already); the
+        # exporter toggles the mode, so only switch children that allow it.
+        self.training = mode
+        for child in self.model.modules():
+            try:
+                child.train(mode)
+            except NotImplementedError:
+                pass
+        return self
+
     def forward(self, x):
         out = self.model(x)
         if isinstance(out, (list, tuple)):
@@ -41,7 +52,10 @@ class FinalOutputFirst(nn.Module):
 def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], opset: int = 17,
                 dynamic: bool = True, family: str | None = None) -> onnx.ModelProto:
     """Export ``model`` at ``input_shape`` (N, C, H, W); H, W and N stay dynamic unless ``dynamic`` is False."""
-    wrapped = FinalOutputFirst(model, reverse=family in _FINAL_STAGE_LAST).eval()
+    reverse = family in _FINAL_STAGE_LAST
+    # A TorchScript module cannot be called from inside another module's trace: export it as it is.
+    wrapped = model if isinstance(model, torch.jit.ScriptModule) else FinalOutputFirst(model, reverse)
+    wrapped.eval()
     example = torch.rand(*input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         try:

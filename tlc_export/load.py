@@ -171,6 +171,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: dict | No
             program = torch.export.load(str(path))
         except Exception as exc:
             raise UserError(f"cannot read {path} as a torch.export archive ({_first_line(exc)})") from None
+        # An exported program's module is already in inference form (it refuses .eval()).
         return LoadedModel(path, "torch.export", module=program.module())
     if _is_torchscript(path):
         try:

@@ -190,7 +190,7 @@ def _block_for(w: int) -> int:
     return max(16, min(DEFAULT_BLOCK, triton.next_power_of_2(int(w))))
 
 
-def _prepare(x, window):
+def _prepare(x, window, out):
     import torch
 
     if x.dim() != 4:
@@ -202,15 +202,20 @@ def _prepare(x, window):
         raise ValueError(f"window {tuple(window)} must be at least 1x1")
     x = x.contiguous()
     n, c, h, w = x.shape
-    y = torch.empty_like(x)
-    in_y = x.dtype == torch.float32
-    scr = y if in_y else torch.empty(max(1, n * c * 2 * w), dtype=torch.float32, device=x.device)
-    return x, y, scr, in_y, (n, c, h, w), (kh, kw)
+    if out is None:
+        out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor of the input's shape and dtype")
+    in_y = out.dtype == torch.float32
+    scr = out if in_y else torch.empty(max(1, n * c * 2 * w), dtype=torch.float32, device=x.device)
+    return x, out, scr, in_y, (n, c, h, w), (kh, kw)
 
 
-def local_mean(x, window, block: int | None = None):
-    """TLC local mean of ``x`` (N, C, H, W) over ``window`` (kh, kw); same shape and dtype."""
-    x, y, scr, in_y, (n, c, h, w), (kh, kw) = _prepare(x, window)
+def local_mean(x, window, block: int | None = None, out=None):
+    """TLC local mean of ``x`` (N, C, H, W) over ``window`` (kh, kw); same shape and dtype.
+
+    ``out`` (optional) receives the result; the caller's stream/device context applies."""
+    x, y, scr, in_y, (n, c, h, w), (kh, kw) = _prepare(x, window, out)
     if y.numel() == 0:
         return y
     tlc_local_mean_kernel[(n * c,)](x, h, w, kh, kw, y, scr,
@@ -218,11 +223,11 @@ def local_mean(x, window, block: int | None = None):
     return y
 
 
-def local_instance_norm(x, scale, bias, window, eps: float = 1e-5, block: int | None = None):
+def local_instance_norm(x, scale, bias, window, eps: float = 1e-5, block: int | None = None, out=None):
     """TLC local instance norm of ``x`` (N, C, H, W); ``scale``/``bias`` of shape [C] (None: 1 and 0)."""
     import torch
 
-    x, y, scr, in_y, (n, c, h, w), (kh, kw) = _prepare(x, window)
+    x, y, scr, in_y, (n, c, h, w), (kh, kw) = _prepare(x, window, out)
     if y.numel() == 0:
         return y
     scale = torch.ones(c, device=x.device) if scale is None else scale
@@ -264,3 +269,39 @@ def compile_aot(kind: str, eps: float = 1e-5, block: int = DEFAULT_BLOCK, dtype:
         raise ValueError(f"unknown kernel kind {kind!r}")
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
     return triton.compile(src, target=target) if target is not None else triton.compile(src)
+
+
+def strip_hidden_params(ptx: str, kernel_name: str, n_params: int) -> str:
+    """Drop the parameters Triton appends after the user's (global/profile scratch pointers).
+
+    Triton ≥ 3.2 adds hidden pointer parameters at the end of every kernel; TensorRT's AOT launcher
+    passes exactly inputs + extra_args + outputs. When the kernel body never reads the hidden
+    parameters (scratch sizes 0, as here), removing them from the ``.entry`` declaration makes the
+    PTX signature match what TensorRT passes. Raises if a dropped parameter is referenced.
+    """
+    import re
+
+    m = re.search(r"(\.entry\s+" + re.escape(kernel_name) + r"\s*\()([^)]*)(\))", ptx)
+    if m is None:
+        raise ValueError(f"no .entry {kernel_name} in the PTX")
+    params = [p.strip() for p in m.group(2).split(",") if p.strip()]
+    if len(params) < n_params:
+        raise ValueError(f"{kernel_name} has {len(params)} parameters, expected at least {n_params}")
+    dropped = [p.split()[-1] for p in params[n_params:]]
+    body = ptx[m.end():]
+    used = [d for d in dropped if re.search(r"\b" + re.escape(d) + r"\b", body)]
+    if used:
+        raise ValueError(f"{kernel_name}: hidden parameters {used} are used by the kernel")
+    if not dropped:
+        return ptx
+    decl = m.group(1) + "\n\t" + ",\n\t".join(params[:n_params]) + "\n" + m.group(3)
+    return ptx[:m.start()] + decl + body
+
+
+def aot_kernel(kind: str, eps: float = 1e-5, block: int = DEFAULT_BLOCK, target=None):
+    """(kernel name, PTX with only the user parameters, num_warps, shared bytes) for an AOT plugin."""
+    compiled = compile_aot(kind, eps=eps, block=block, target=target)
+    n_params = 6 if kind == "mean" else 9
+    name = compiled.metadata.name
+    ptx = strip_hidden_params(compiled.asm["ptx"], name, n_params)
+    return name, ptx, compiled.metadata.num_warps, compiled.metadata.shared

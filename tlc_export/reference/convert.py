@@ -213,12 +213,22 @@ def local_ops(model: nn.Module) -> list[LocalOpRecord]:
 
 
 def channel_candidates(model: nn.Module) -> list[int]:
-    """Plausible image channel counts, most likely first: the input channels of the dense convolutions,
-    fewest first (image stems take 1-6 channels; feature convolutions usually take more)."""
-    counts = sorted({m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1})
-    if not counts:
-        raise ValueError("cannot tell the model's input channels (no Conv2d found); pass example_input")
-    return counts
+    """Plausible image channel counts, most likely first: a traced program's recorded input channels,
+    then the input channels of convolution weights, fewest first (image stems take 1-6 channels;
+    feature convolutions usually take more). Works for eager, TorchScript and torch.export modules."""
+    recorded = []
+    graph = getattr(model, "graph", None)
+    if isinstance(model, fx.GraphModule) and graph is not None:
+        for node in graph.nodes:
+            val = node.meta.get("val") if node.op == "placeholder" else None
+            if val is not None and getattr(val, "dim", lambda: 0)() == 4 and isinstance(val.shape[1], int):
+                recorded.append(int(val.shape[1]))
+                break
+    counts = {m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
+    counts |= {int(p.shape[1]) for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1}
+    if not recorded and not counts:
+        raise ValueError("cannot tell the model's input channels (no convolution found); pass example_input")
+    return recorded + sorted(counts - set(recorded))
 
 
 def _reset_windows(model: nn.Module) -> None:
