@@ -78,11 +78,11 @@ def build_ort_session(onnx_path: str | Path, providers: str | Sequence[str] | No
                 raise UserError(f"ONNX Runtime execution provider {name!r} is not available here "
                                 f"(available: {', '.join(available)})")
             chosen.append(full)
-    options = ort.SessionOptions()
-    if threads is not None:
-        if int(threads) < 1:
-            raise UserError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = int(threads)
+    from .runtime import session_options
+
+    if threads is not None and int(threads) < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    options = session_options("standard", int(threads) if threads is not None else None)
     if custom_op_library is not None:
         lib = Path(custom_op_library)
         if not lib.is_file():

@@ -18,6 +18,9 @@ SUBCOMMANDS = {
     "check": "Check an ONNX graph against a deployment target's operator support (--target tensorrt).",
     "verify": "Compare a converted graph with the eager PyTorch TLC reference.",
     "bench": "Median latency of global / TLC graphs, the eager reference and patch inference.",
+    "sweep": "PSNR/SSIM of TLC at several calibration sizes against the global model on degraded/clean pairs.",
+    "restore": "Restore PNG/JPEG images with a converted graph (any size; bit depth kept).",
+    "build": "Build a TensorRT engine from a converted graph (needs TensorRT and a GPU).",
 }
 
 
@@ -41,6 +44,8 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="standard", choices=["standard", "plugin"],
                    help="standard-op subgraphs (default) or one custom node per op (TensorRT plugin)")
     p.add_argument("--report", help="JSON report path (default: beside the output)")
+    p.add_argument("--triton-repo", metavar="DIR",
+                   help="also write a Triton Inference Server model repository (ONNX Runtime backend) to DIR")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickled full nn.Module (unpickling runs code from the file)")
     return p
@@ -73,6 +78,15 @@ def run_convert(argv: list[str]) -> int:
                          progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)
+    if args.triton_repo and result.onnx_path is not None:
+        from .serve import write_triton_repo
+
+        name = result.onnx_path.name.removesuffix(".onnx").replace(".", "_")
+        libraries = None
+        if args.impl == "plugin":
+            raise UserError("--triton-repo serves the standard-op graph; build a TensorRT plan for the plugin form")
+        where = write_triton_repo(args.triton_repo, name, onnx_path=result.onnx_path, validate=None)
+        print(f"tlc-export: Triton model repository entry written: {where}", file=sys.stderr)
     for r in result.report.get("rewritten", []):
         print(f"{r['onnx_name']}\t{r['op']}\t{r['window'][0]}x{r['window'][1]}\t{r['module_path']}")
     return 0

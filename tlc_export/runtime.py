@@ -20,7 +20,7 @@ def session_options(impl: str = "standard", threads: int | None = None):
             from tlc_trt_plugin.ort_ops import session_options as plugin_options
         except ImportError:
             raise UserError("the plugin-form graph needs the tlc_trt_plugin package: "
-                            "pip install -e plugins/tlc_trt_plugin") from None
+                            "pip install -e 'plugins/tlc_trt_plugin[ort]'") from None
         options = plugin_options()
     else:
         options = ort.SessionOptions()
@@ -39,5 +39,12 @@ def ort_session(model: onnx.ModelProto | str | Path, impl: str = "standard", thr
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    options = session_options(impl, threads)
+    if impl == "plugin":
+        # onnxruntime-extensions serves Python ops only in its own domain: run a copy whose TLC plugin
+        # nodes are moved there (the written graph keeps the tlc_export domain TensorRT looks up).
+        from tlc_trt_plugin.ort_ops import to_ort_model
+
+        model = to_ort_model(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, session_options(impl, threads), providers=providers)
+    return ort.InferenceSession(source, options, providers=providers)

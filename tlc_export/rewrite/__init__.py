@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from . import subgraphs
+from . import attention, subgraphs
 from .patterns import GlobalOp, constant_value, find_global_ops
 
 IMPLEMENTATION = "cumsum-boxfilter"
@@ -27,7 +27,8 @@ class RewriteRecord:
     implementation: str
 
 
-def _detach(op: GlobalOp) -> None:
+def detach(op: GlobalOp) -> None:
+    """Disconnect the nodes of a matched op; cleanup() then removes them."""
     for node in op.nodes:
         node.outputs.clear()
         node.inputs.clear()
@@ -39,7 +40,12 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
     for op in ops:
         window = windows[op.name]
         b = subgraphs.Builder(graph, f"{op.name}/tlc", opset)
-        _detach(op)
+        if op.kind == "attention":  # the region stays: it is fed the windows of its qkv map
+            attention.local_transposed_attention(b, op, window)
+            records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window),
+                                         attention.IMPLEMENTATION))
+            continue
+        detach(op)
         if op.kind == "avgpool":
             subgraphs.local_mean(b, op.source, window, output=op.output)
         elif op.kind == "instancenorm":

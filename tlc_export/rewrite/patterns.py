@@ -15,7 +15,7 @@ from ..errors import UserError
 
 @dataclass
 class GlobalOp:
-    kind: str                      # avgpool | instancenorm | groupnorm
+    kind: str                      # avgpool | instancenorm | groupnorm | attention
     name: str                      # ONNX name of the anchor node (reported)
     pattern: str                   # what was matched, e.g. "GlobalAveragePool", "Reshape>InstanceNormalization>Reshape"
     nodes: list[gs.Node]
@@ -165,6 +165,10 @@ def find_global_ops(graph: gs.Graph) -> list[GlobalOp]:
                 if op is None:
                     raise UserError(f"unsupported global op: node {node.name!r} (InstanceNormalization on a "
                                     f"{rank}-D tensor that is not an exported GroupNorm)")
+        elif node.op == "Softmax":
+            from .attention import match_transposed_attention  # attention builds on this module
+
+            op = match_transposed_attention(node, graph)
         elif node.op == "GroupNormalization":
             groups = int(node.attrs["num_groups"])
             scale, bias = _group_affine(node, node.inputs[0], groups)

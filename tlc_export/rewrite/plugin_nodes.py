@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import RewriteRecord, localize
+from . import RewriteRecord, detach, forget_intermediate_shapes, localize
 from .patterns import GlobalOp
 
 DOMAIN = "tlc_export"
@@ -29,12 +29,6 @@ PLUGIN_VERSION = "1"
 IMPLEMENTATION = "plugin"
 MEAN_OP = "TLCLocalMean"
 INSTANCE_NORM_OP = "TLCLocalInstanceNorm"
-
-
-def _detach(op: GlobalOp) -> None:
-    for node in op.nodes:
-        node.outputs.clear()
-        node.inputs.clear()
 
 
 def _attrs(window, aot: bool | None, **extra) -> dict:
@@ -63,7 +57,7 @@ def localize_plugin(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tup
             records.append(done[op.name])
             continue
         window = tuple(int(k) for k in windows[op.name])
-        _detach(op)
+        detach(op)
         name = f"{op.name}/tlc_plugin"
         if op.kind == "avgpool":
             node = gs.Node(MEAN_OP, name=name, domain=DOMAIN, attrs=_attrs(window, aot),
@@ -75,10 +69,10 @@ def localize_plugin(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tup
                            outputs=[op.output])
         else:  # pragma: no cover - patterns only yields the kinds above
             raise AssertionError(op.kind)
-        # The output now has the input's h×w (a pooled 1×1 map before): drop the stale shape.
-        op.output.shape = list(op.source.shape) if op.source.shape is not None else None
         graph.nodes.append(node)
         records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, window, IMPLEMENTATION))
+    # Pooled outputs are h×w now, and so is everything computed from them: drop the stale shapes.
+    forget_intermediate_shapes(graph)
     graph.cleanup().toposort()
     return records
 
