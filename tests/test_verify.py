@@ -59,3 +59,24 @@ def test_verify_cli_exit_codes(nafnet, tmp_path, capsys):
     widen_windows(graph, bad)
     assert main(["verify", str(ckpt), str(bad), *args, "--no-photo"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_bench_runs_end_to_end(nafnet, tmp_path, capsys):
+    _, ckpt, _ = nafnet
+    args = ["bench", str(ckpt), "--calib", "32", "--size", "48x64", "--arch", "nafnet",
+            "--arch-kwargs", json.dumps(SMALL["nafnet"]), "--threads", "1", "--runs", "5", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names[:2] == ["global graph (ONNX Runtime)", "TLC graph (ONNX Runtime)"]
+    assert any("eager TLC" in n for n in names) and sum("patches" in n for n in names) == 2
+    assert all(len(r["runs"]) == 5 and r["median_ms"] > 0 for r in report["rows"])
+
+
+def test_patch_inference_of_a_pointwise_model_is_exact():
+    from tlc_export.bench import patch_inference, patch_starts
+
+    assert patch_starts(600, 256, 16) == [0, 240, 344]
+    x = np.random.default_rng(0).random((1, 3, 300, 530), dtype=np.float32)
+    out = patch_inference(lambda t: t * 2 + 1, x, patch=256, overlap=128)
+    np.testing.assert_allclose(out, x * 2 + 1, rtol=1e-6)
