@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         report["ratios"] = {"nodes": round(t["nodes"] / g["nodes"], 2),
                             "latency": round(t["median_ms"] / g["median_ms"], 2),
                             "peak_rss": round(t["peak_rss_mb"] / g["peak_rss_mb"], 2),
-                            "model_rss": round(t["model_rss_mb"] / g["model_rss_mb"], 2)}
+                            "model_rss": round(t["model_rss_mb"] / g["model_rss_mb"], 2) if g["model_rss_mb"] > 0 else None}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -227,6 +227,7 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
     result_report = {
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
         "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
+        "input_multiple": loaded.input_multiple if loaded.module is not None else None,
         "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None, "dynamic": not static,
         "opset": next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": _io_table(v for v in graph_model.graph.input

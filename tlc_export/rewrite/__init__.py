@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from . import attention, subgraphs
-from .patterns import GlobalOp, constant_value, find_global_ops
+from .patterns import GlobalOp, constant_value, find_global_ops, pointwise_chain
 
 IMPLEMENTATION = "cumsum-boxfilter"
 
@@ -47,7 +47,7 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
             continue
         detach(op)
         if op.kind == "avgpool":
-            subgraphs.local_mean(b, op.source, window, output=op.output)
+            _local_mean_padding_late(graph, b, op, window)
         elif op.kind == "instancenorm":
             subgraphs.local_instance_norm(b, op.source, window, op.attrs["eps"], op.attrs["scale"],
                                           op.attrs["bias"], output=op.output)
@@ -65,6 +65,24 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
     forget_intermediate_shapes(graph)
     graph.cleanup().toposort()
     return records
+
+
+def _local_mean_padding_late(graph: gs.Graph, b: subgraphs.Builder, op: GlobalOp, window) -> None:
+    """Local mean whose replicate Pad moves past the per-pixel nodes that follow it (the MLP of
+    squeeze-and-excitation runs on the (h−k1+1)×(w−k2+1) valid map instead of h×w: exact, since
+    per-pixel functions commute with replicate padding, and cheaper; MPRNet's official local CALayer
+    does the same)."""
+    chain = pointwise_chain(op.output, {t.name for t in graph.outputs})
+    valid, k1, k2 = subgraphs.valid_local_mean(b, op.source, window)
+    pads = subgraphs.tlc_pads(b, k1, k2)
+    if not chain:
+        subgraphs.replicate_pad(b, valid, pads, op.output)
+        return
+    chain[0].inputs[chain[0].inputs.index(op.output)] = valid
+    last = chain[-1].outputs[0]
+    unpadded = gs.Variable(f"{last.name}/tlc_valid", dtype=last.dtype)
+    chain[-1].outputs[0] = unpadded
+    subgraphs.replicate_pad(b, unpadded, pads, last)
 
 
 def forget_intermediate_shapes(graph: gs.Graph) -> None:
