@@ -166,13 +166,26 @@ def default_output(source: Path, tlc: bool) -> Path:
     return source.with_name(f"{stem}.{'tlc' if tlc else 'global'}.onnx")
 
 
-def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None = None,
+def module_as_loaded(module, arch: str | None = None, arch_kwargs: dict | None = None) -> LoadedModel:
+    """An in-memory module as the loader would describe it; ``arch`` names its preset or family
+    (for the output order and the input size multiple)."""
+    from . import zoo
+
+    loaded = LoadedModel(Path("<module>"), "module", module=module.eval(), arch_kwargs=dict(arch_kwargs or {}))
+    if arch is not None:
+        loaded.preset = zoo.find_preset(arch)
+        loaded.family = zoo.presets()[loaded.preset][0] if loaded.preset else arch.lower()
+    return loaded
+
+
+def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
             arch_kwargs: dict | None = None, output: str | Path | None = None,
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
             opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
             trust_pickle: bool = False, impl: str = "standard",
             progress: Callable[[str], None] | None = None) -> ConversionResult:
-    """Convert ``model`` (a file path) to a TLC ONNX graph. See the README for the options."""
+    """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
+    graph. See the README for the options."""
     start = time.perf_counter()
     if isinstance(calib, str):
         calib = parse_size(calib)
@@ -182,7 +195,10 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
         raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
     if opset < 17:
         raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
-    source = Path(model)
+    in_memory = not isinstance(model, (str, Path))
+    if in_memory and output is None:
+        raise UserError("converting an in-memory nn.Module needs an output path")
+    source = Path("<module>") if in_memory else Path(model)
     out_path = Path(output) if output else default_output(source, tlc)
     if out_path.suffix.lower() != ".onnx":
         raise UserError(f"output {out_path} must end in .onnx")
@@ -190,8 +206,11 @@ def convert(model: str | Path, calib: tuple[int, int] | str, *, arch: str | None
     refuse_overwriting_input(out_path, [source])
     refuse_overwriting_input(report_path, [source])
 
-    _say(progress, f"loading {source}")
-    loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    if in_memory:
+        loaded = module_as_loaded(model, arch, arch_kwargs)
+    else:
+        _say(progress, f"loading {source}")
+        loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
     notes = list(loaded.notes)
     traced = []
     prefix = ""
