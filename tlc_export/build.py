@@ -493,13 +493,15 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
         for p in map(str, plugins):
             is_lib = Path(p).is_file() or p.endswith((".so", ".dll")) or ".so." in p
             (so_plugins if is_lib else modules).append(p)
-        for module in modules:  # Python tensorrt.plugin definitions register on import
+        for module in modules:  # Python tensorrt.plugin definitions: import, then register() if offered
             import importlib
 
             try:
-                importlib.import_module(module)
+                imported = importlib.import_module(module)
             except ImportError as err:
                 raise UserError(f"cannot import plugin module {module!r}: {_one_line(err)}") from None
+            if callable(getattr(imported, "register", None)):
+                imported.register()
         network = NetworkFromOnnxPath(str(parse_path), strongly_typed=network_strongly_typed)
         if so_plugins:
             network = LoadPlugins(plugins=so_plugins, obj=network)
