@@ -51,7 +51,7 @@ def main() -> int:
                                  progress=stderr_progress)
             print(report.table(), flush=True)
             reports.append(report)
-    lines = [f"# TLC latency benchmark", "",
+    lines = ["# TLC latency benchmark", "",
              f"Machine: {machine_description()}; ONNX Runtime CPU and PyTorch CPU, {args.threads} threads; "
              f"median of {args.runs} interleaved runs; input {size[0]}x{size[1]}, calibration "
              f"{calib[0]}x{calib[1]}; random weights.", "",

@@ -1,4 +1,6 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +32,17 @@ def perturb_identity_params(model: torch.nn.Module, seed: int = 1, scale: float 
 @pytest.fixture
 def small_models():
     return SMALL
+
+
+# The official checkpoint manifests (shared/ beside the repository on CI and developers' machines).
+MANIFEST_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "checkpoints"
+
+
+def load_manifest(name: str) -> dict:
+    """A manifest by preset name; skips the test (with the reason) when shared/ is not beside the repo."""
+    if not MANIFEST_DIR.is_dir():
+        pytest.skip(f"manifest folder {MANIFEST_DIR} is missing")
+    path = MANIFEST_DIR / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"manifest {path} is missing")
+    return json.loads(path.read_text())

@@ -4,9 +4,7 @@ from __future__ import annotations
 import copy
 import importlib
 import io
-import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +13,11 @@ from torch import nn
 from tlc_export.zoo import hinet, nafnet
 from tlc_export.zoo.hinet import HINet
 from tlc_export.zoo.nafnet import NAFNet
+from conftest import MANIFEST_DIR, load_manifest as _manifest
 
 torch.set_num_threads(1)
 
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "checkpoints"
+
 
 FAMILY_PRESETS = [(name, cls, kwargs) for module in (hinet, nafnet)
                   for name, (cls, kwargs) in module.PRESETS.items()]
@@ -26,15 +25,6 @@ FAMILY_PRESETS = [(name, cls, kwargs) for module in (hinet, nafnet)
 TINY_HINET = dict(in_chn=3, wf=8, depth=3, relu_slope=0.2, hin_position_left=0, hin_position_right=4)
 TINY_HINET_PARTIAL_HIN = dict(in_chn=3, wf=8, depth=3, relu_slope=0.2, hin_position_left=1, hin_position_right=1)
 TINY_NAFNET = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 2], dec_blk_nums=[1, 1])
-
-
-def _manifest(name: str) -> dict:
-    if not MANIFEST_DIR.is_dir():
-        pytest.skip(f"manifest folder {MANIFEST_DIR} is missing")
-    path = MANIFEST_DIR / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"manifest {path} is missing")
-    return json.loads(path.read_text())
 
 
 def _build_seeded(cls, kwargs, seed: int = 0) -> nn.Module:

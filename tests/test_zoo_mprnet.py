@@ -5,18 +5,17 @@ import copy
 import importlib
 import importlib.util
 import inspect
-import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from tlc_export.zoo import mprnet
+from conftest import MANIFEST_DIR, load_manifest as _manifest
 
 torch.set_num_threads(1)
 
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "checkpoints"
+
 PRESET_NAMES = ["MPRNet-Deblurring", "MPRNet-Denoising", "MPRNet-Deraining"]
 
 # Tiny network for the numerical tests (all widths divisible by the reduction 4).
@@ -25,15 +24,6 @@ TINY = dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reducti
 INPUT_HW = (40, 56)
 CALIB_LARGE = (48, 64)   # >= the input on both axes: local == global
 CALIB_SMALL = (24, 32)   # about half the input: local != global
-
-
-def _manifest(name: str) -> dict:
-    if not MANIFEST_DIR.is_dir():
-        pytest.skip(f"manifest folder {MANIFEST_DIR} is missing")
-    path = MANIFEST_DIR / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"manifest {path} is missing")
-    return json.loads(path.read_text())
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -4,28 +4,19 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from tlc_export.zoo import restormer
 from tlc_export.zoo.restormer import INPUT_MULTIPLE, PRESETS, Restormer
+from conftest import MANIFEST_DIR, load_manifest as _manifest
 
 torch.set_num_threads(1)
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "checkpoints"
+MANIFESTS = MANIFEST_DIR
 
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
-
-
-def _manifest(name: str) -> dict:
-    if not MANIFESTS.is_dir():
-        pytest.skip(f"checkpoint manifests not found at {MANIFESTS}")
-    path = MANIFESTS / f"{name}.json"
-    if not path.is_file():
-        pytest.fail(f"no manifest {path} for preset {name}")
-    return json.loads(path.read_text())
 
 
 def test_presets_cover_all_restormer_manifests():

@@ -42,6 +42,19 @@ def parse_size(text: str, what: str = "--calib") -> tuple[int, int]:
     return h, w
 
 
+def parse_arch_kwargs(text: str | None) -> dict | None:
+    """``--arch-kwargs`` JSON → dict (None when absent); anything but a JSON object is refused."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    return value
+
+
 def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     parts = str(text).strip().lower().split("x")
     if len(parts) != 4 or not all(re.fullmatch(r"\d+", p) and int(p) > 0 for p in parts):

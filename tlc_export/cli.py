@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import warnings
 
@@ -60,18 +59,14 @@ def progress_printer():
 
 def run_convert(argv: list[str]) -> int:
     args = convert_parser().parse_args(argv)
-    arch_kwargs = None
-    if args.arch_kwargs:
-        try:
-            arch_kwargs = json.loads(args.arch_kwargs)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(arch_kwargs, dict):
-            raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
-    from .api import convert
+    from .api import convert, parse_arch_kwargs
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    arch_kwargs = parse_arch_kwargs(args.arch_kwargs)
+
+    # Library warnings (the deprecated TorchScript exporter, tracer notes) are noise on the command line;
+    # what the user must know comes back in result.warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
                          tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
@@ -82,7 +77,6 @@ def run_convert(argv: list[str]) -> int:
         from .serve import write_triton_repo
 
         name = result.onnx_path.name.removesuffix(".onnx").replace(".", "_")
-        libraries = None
         if args.impl == "plugin":
             raise UserError("--triton-repo serves the standard-op graph; build a TensorRT plan for the plugin form")
         where = write_triton_repo(args.triton_repo, name, onnx_path=result.onnx_path, validate=None)

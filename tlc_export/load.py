@@ -181,7 +181,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: dict | No
         return LoadedModel(path, "torchscript", module=module.eval())
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         if not trust_pickle:
             raise UserError(f"{path} holds pickled Python objects (e.g. a full nn.Module); loading it runs "
                             f"code from the file: re-run with --trust-pickle only if you trust its source") from None

@@ -25,7 +25,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..api import convert, parse_size
+    from ..api import convert, parse_arch_kwargs, parse_size
     from ..bench import bench_model
     from ..cli import progress_printer
     from ..errors import UserError
@@ -34,7 +34,7 @@ def run(args) -> int:
     calib, size = parse_size(args.calib), parse_size(args.size, "--size")
     if args.runs < 5:
         raise UserError("--runs must be at least 5 (medians of fewer runs are noise)")
-    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else None
+    kwargs = parse_arch_kwargs(args.arch_kwargs)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tlc-bench-"))
     progress = progress_printer()
     common = dict(arch=args.arch, arch_kwargs=kwargs, trust_pickle=args.trust_pickle, progress=progress)

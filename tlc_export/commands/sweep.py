@@ -6,7 +6,6 @@ the global model as a horizontal line) into ``--out``, prints the table and a re
 """
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -38,14 +37,9 @@ def run(args) -> int:
     from ..errors import UserError
     from ..sweep import sweep
 
-    arch_kwargs = None
-    if args.arch_kwargs:
-        try:
-            arch_kwargs = json.loads(args.arch_kwargs)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(arch_kwargs, dict):
-            raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    from ..api import parse_arch_kwargs
+
+    arch_kwargs = parse_arch_kwargs(args.arch_kwargs)
     if args.max_pixels < 1:
         raise UserError(f"--max-pixels {args.max_pixels} must be positive")
     model = Path(args.model)

@@ -22,14 +22,14 @@ def run(args) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from ..api import parse_size
+    from ..api import parse_arch_kwargs, parse_size
     from ..errors import UserError
     from ..fileio import atomic_write_text
     from ..verify import verify_checkpoint
 
     calib = parse_size(args.calib)
     sizes = [parse_size(s, "--sizes") for s in args.sizes.split(",")] if args.sizes else None
-    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else None
+    kwargs = parse_arch_kwargs(args.arch_kwargs)
     if not Path(args.graph).is_file():
         raise UserError(f"graph not found: {args.graph}")
     report = verify_checkpoint(args.model, args.graph, calib, arch=args.arch, arch_kwargs=kwargs, sizes=sizes,

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..zoo.restormer import transposed_attention
+
 Window = tuple[int, int]
 
 
@@ -50,20 +52,6 @@ def window_grid(size: tuple[int, int], window: Window) -> tuple[int, int, list[t
     h, w = size
     k1, k2 = min(h, window[0]), min(w, window[1])
     return k1, k2, list(itertools.product(window_starts(h, k1), window_starts(w, k2)))
-
-
-def transposed_attention(qkv: torch.Tensor, num_heads: int, temperature: torch.Tensor) -> torch.Tensor:
-    """Restormer's attention core, [B, 3C, h, w] -> [B, C, h, w], over all pixels of ``qkv``.
-
-    Per head: q, k, v are [c, h·w]; q and k are L2-normalised along pixels;
-    out = softmax((q kᵀ) · temperature) v.
-    """
-    q, k, v = qkv.chunk(3, dim=1)
-    q = F.normalize(q.flatten(2).unflatten(1, (num_heads, -1)), dim=-1)
-    k = F.normalize(k.flatten(2).unflatten(1, (num_heads, -1)), dim=-1)
-    vh = v.flatten(2).unflatten(1, (num_heads, -1))
-    attn = ((q @ k.transpose(-2, -1)) * temperature).softmax(dim=-1)
-    return (attn @ vh).reshape_as(v)
 
 
 class LocalTransposedAttention(nn.Module):
