@@ -22,24 +22,19 @@ from tlc_export.reference import to_local  # noqa: E402
 from tlc_export.runtime import ort_session  # noqa: E402
 
 MODELS = ROOT / "samples" / "models"
+PAIRS = ROOT / "samples" / "pairs"
+CALIB = (128, 128)   # 2x the 64x64 training crops
 OUT = ROOT / "out" / "demo"
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1) - b) ** 2))
-    return 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
+def held_out_pairs():
+    """The held-out degraded/clean photo pairs shipped in samples/pairs (never seen in training)."""
+    from tlc_export.sweep import find_pairs, load_pairs
 
-
-def held_out_pairs(seed: int = 0, sigma: float = 25 / 255):
-    """Noisy/clean pairs of photos that ship with scikit-image, at full resolution."""
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    for name in ("chelsea", "coffee"):
-        clean = getattr(data, name)().astype(np.float32) / 255.0
-        clean = clean[: clean.shape[0] // 16 * 16, : clean.shape[1] // 16 * 16]
-        noisy = clean + rng.normal(0, sigma, clean.shape).astype(np.float32)
-        yield name, noisy.transpose(2, 0, 1)[None], clean.transpose(2, 0, 1)[None]
+    for item in load_pairs(find_pairs(PAIRS), max_pixels=64_000_000):
+        noisy = item.degraded.pixels.astype(np.float32) / 255.0
+        clean = item.clean.pixels.astype(np.float32) / 255.0
+        yield item.pair.name, noisy, clean
 
 
 def median_ms(fn, runs: int = 5) -> float:
@@ -52,47 +47,57 @@ def median_ms(fn, runs: int = 5) -> float:
     return 1000 * float(np.median(times))
 
 
-def main() -> int:
-    torch.set_num_threads(2)
-    checkpoints = [Path(a) for a in sys.argv[1:]] or sorted(MODELS.glob("*.pth"))
-    if not checkpoints:
-        print(f"no sample model in {MODELS}", file=sys.stderr)
-        return 1
-    ckpt = checkpoints[0]
+def demo_model(ckpt: Path) -> None:
+    from tlc_export.restore import GraphRunner
+    from tlc_export.sweep import image_metrics
+
     provenance = json.loads(ckpt.with_suffix(".json").read_text())
     arch, kwargs = provenance["arch"], provenance["arch_kwargs"]
-    calib = tuple(provenance.get("recommended_calib", [128, 128]))
-    OUT.mkdir(parents=True, exist_ok=True)
-    print(f"== {ckpt.name}: {arch} {kwargs}, calibration {calib[0]}x{calib[1]}")
-
+    print(f"\n== {ckpt.relative_to(ROOT)}: {arch} {json.dumps(kwargs)}, calibration {CALIB[0]}x{CALIB[1]}")
     t = time.perf_counter()
-    tlc = convert(ckpt, calib, arch=arch, arch_kwargs=kwargs, output=OUT / "model.tlc.onnx", progress=stderr_progress)
-    glob = convert(ckpt, calib, arch=arch, arch_kwargs=kwargs, output=OUT / "model.global.onnx", tlc=False)
+    out = OUT / ckpt.stem
+    tlc = convert(ckpt, CALIB, arch=arch, arch_kwargs=kwargs, output=out / "model.tlc.onnx", progress=stderr_progress)
+    glob = convert(ckpt, CALIB, arch=arch, arch_kwargs=kwargs, output=out / "model.global.onnx", tlc=False)
     print(f"converted in {time.perf_counter() - t:.1f}s: {len(tlc.report['rewritten'])} global ops rewritten "
           f"-> {tlc.onnx_path.relative_to(ROOT)}")
 
-    model = load_model(ckpt, arch=arch, arch_kwargs=kwargs).module
-    local, _ = to_local(load_model(ckpt, arch=arch, arch_kwargs=kwargs).module, calib)
-    tlc_sess, glob_sess = ort_session(tlc.onnx_path, threads=2), ort_session(glob.onnx_path, threads=2)
+    loaded = load_model(ckpt, arch=arch, arch_kwargs=kwargs)
+    local, _ = to_local(loaded.module, CALIB)
+    multiple = loaded.input_multiple
+    tlc_run = GraphRunner(tlc.onnx_path, multiple=multiple, threads=2)
+    glob_run = GraphRunner(glob.onnx_path, multiple=multiple, threads=2)
 
-    print(f"{'photo':10s} {'size':>9s} {'noisy':>7s} {'global':>7s} {'TLC':>7s} {'max|ORT-eager|':>15s}")
+    print(f"{'held-out':10s} {'size':>9s} {'noisy':>7s} {'global':>7s} {'TLC':>7s} {'max|ORT-eager|':>15s}")
     for name, noisy, clean in held_out_pairs():
-        tlc_out = tlc_sess.run(None, {"input": noisy})[0]
-        glob_out = glob_sess.run(None, {"input": noisy})[0]
+        tlc_out, glob_out = tlc_run(noisy), glob_run(noisy)
+        # The eager reference on the same padded input the graph saw.
+        h, w = noisy.shape[:2]
+        x = np.pad(noisy, [(0, -h % multiple), (0, -w % multiple), (0, 0)], mode="edge")
         with torch.no_grad():
-            eager = local(torch.from_numpy(noisy))
-            eager = (eager[-1] if isinstance(eager, (list, tuple)) and arch == "hinet" else
-                     eager[0] if isinstance(eager, (list, tuple)) else eager).numpy()
+            eager = local(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])))
+        eager = eager[-1] if arch == "hinet" else eager
+        eager = eager[0].numpy().transpose(1, 2, 0)[:h, :w]
         err = float(np.abs(tlc_out - eager).max())
-        size = f"{noisy.shape[2]}x{noisy.shape[3]}"
-        print(f"{name:10s} {size:>9s} {psnr(noisy, clean):7.2f} {psnr(glob_out, clean):7.2f} "
-              f"{psnr(tlc_out, clean):7.2f} {err:15.2e}")
+        p_noisy, p_glob, p_tlc = (image_metrics(np.clip(a, 0, 1), clean)[0] for a in (noisy, glob_out, tlc_out))
+        print(f"{name:10s} {f'{w}x{h}':>9s} {p_noisy:7.2f} {p_glob:7.2f} {p_tlc:7.2f} {err:15.2e}")
         last = noisy
-    g_ms = median_ms(lambda: glob_sess.run(None, {"input": last}))
-    t_ms = median_ms(lambda: tlc_sess.run(None, {"input": last}))
-    print(f"ONNX Runtime CPU, 2 threads, {last.shape[2]}x{last.shape[3]}: global {g_ms:.1f} ms, TLC {t_ms:.1f} ms, "
-          f"ratio {t_ms / g_ms:.3f}")
-    del model
+    g_ms = median_ms(lambda: glob_run(last))
+    t_ms = median_ms(lambda: tlc_run(last))
+    print(f"ONNX Runtime CPU, 2 threads, {last.shape[1]}x{last.shape[0]}: global {g_ms:.1f} ms, "
+          f"TLC {t_ms:.1f} ms, ratio {t_ms / g_ms:.3f}")
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    checkpoints = [Path(a).resolve() for a in sys.argv[1:]] or sorted(MODELS.glob("*.pth"))
+    if not checkpoints:
+        print(f"no sample model in {MODELS}", file=sys.stderr)
+        return 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    print("PSNR (dB) on held-out photos at full resolution: the noisy input, the global model, the TLC graph;\n"
+          "max|ORT-eager| is the TLC graph against the eager PyTorch TLC reference.")
+    for ckpt in checkpoints:
+        demo_model(ckpt)
     return 0
 
 

@@ -271,7 +271,8 @@ def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | 
             if (p is None or id(p) not in ids) and not _is_constant(inp, memo):
                 raise UserError(f"unsupported global op: node {softmax.name!r} (transposed attention that "
                                 f"also reads {inp.name!r}, which is not computed from its qkv map)")
-    return GlobalOp("attention", softmax.name, PATTERN, nodes, x, y)
+    # Node names may be absent in foreign graphs; the Softmax's output name is unique either way.
+    return GlobalOp("attention", softmax.name or softmax.outputs[0].name, PATTERN, nodes, x, y)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,17 +348,19 @@ def _cover_indices(b: Builder, n: gs.Tensor, k: gs.Tensor, starts: gs.Tensor):
 
 
 def _gather_windows(b: Builder, x: gs.Tensor, rows, cols) -> gs.Variable:
-    """[B, C3, h, w] → [B·nr·nc, C3, k1, k2], windows of each image consecutive (row-major)."""
+    """[B, C3, h, w] → [B·nr·nc, C3, k2, k1]: the windows of each image consecutive (row-major), each
+    stored transposed (see ``_merge``)."""
     (_, k1, nr, starts_r), (_, k2, nc, starts_c) = rows, cols
     by_rows = b.op("Gather", [x, _window_indices(b, starts_r, k1)], {"axis": 2})      # B, C3, nr·k1, w
-    both = b.op("Gather", [by_rows, _window_indices(b, starts_c, k2)], {"axis": 3})   # B, C3, nr·k1, nc·k2
-    six = b.op("Reshape", [both, b.op("Concat", [b.const([0, 0]), nr, k1, nc, k2], {"axis": 0})])
-    moved = b.op("Transpose", [six], {"perm": [0, 2, 4, 1, 3, 5]})                  # B, nr, nc, C3, k1, k2
-    return b.op("Reshape", [moved, b.op("Concat", [b.const([-1]), b.dim(x, 1), k1, k2], {"axis": 0})])
+    flipped = b.op("Transpose", [by_rows], {"perm": [0, 1, 3, 2]})                   # B, C3, w, nr·k1
+    both = b.op("Gather", [flipped, _window_indices(b, starts_c, k2)], {"axis": 2})  # B, C3, nc·k2, nr·k1
+    six = b.op("Reshape", [both, b.op("Concat", [b.const([0, 0]), nc, k2, nr, k1], {"axis": 0})])
+    moved = b.op("Transpose", [six], {"perm": [0, 4, 2, 1, 3, 5]})                  # B, nr, nc, C3, k2, k1
+    return b.op("Reshape", [moved, b.op("Concat", [b.const([-1]), b.dim(x, 1), k2, k1], {"axis": 0})])
 
 
 def _merge(b: Builder, yw: gs.Tensor, rows, cols, output: gs.Tensor) -> None:
-    """[B·nr·nc, C, k1, k2] window outputs → [B, C, h, w] averaged where windows overlap.
+    """[B·nr·nc, C, k2, k1] window outputs → [B, C, h, w] averaged where windows overlap.
 
     Along one axis no position is covered by more than two windows (TLC's layout: the first
     regular windows are more than k/2 apart and the flush window starts ≥ k after the last-but-one;
@@ -368,8 +371,8 @@ def _merge(b: Builder, yw: gs.Tensor, rows, cols, output: gs.Tensor) -> None:
     one window comes back exactly: (O + O) + (O + O) = 4·O, and 4·O/4 = O in floating point).
     """
     (h, k1, nr, starts_r), (w, k2, nc, starts_c) = rows, cols
-    six = b.op("Reshape", [yw, b.op("Concat", [b.const([-1]), nr, nc, b.dim(yw, 1), k1, k2], {"axis": 0})])
-    moved = b.op("Transpose", [six], {"perm": [0, 3, 2, 5, 1, 4]})                  # B, C, nc, k2, nr, k1
+    six = b.op("Reshape", [yw, b.op("Concat", [b.const([-1]), nr, nc, b.dim(yw, 1), k2, k1], {"axis": 0})])
+    moved = b.op("Transpose", [six], {"perm": [0, 3, 2, 4, 1, 5]})                  # B, C, nc, k2, nr, k1
     cols_first = b.op("Reshape", [moved, b.op("Concat", [b.const([0, 0]), b.op("Mul", [nc, k2]),
                                                          b.op("Mul", [nr, k1])], {"axis": 0})])
     c_first, c_last = _cover_indices(b, w, k2, starts_c)
