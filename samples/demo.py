@@ -89,7 +89,8 @@ def demo_model(ckpt: Path) -> None:
 
 def main() -> int:
     torch.set_num_threads(2)
-    checkpoints = [Path(a).resolve() for a in sys.argv[1:]] or sorted(MODELS.glob("*.pth"))
+    # The shipped denoisers match the shipped noisy/clean pairs (nafnet_deblur has its own degradation).
+    checkpoints = [Path(a).resolve() for a in sys.argv[1:]] or [MODELS / "nafnet_denoise.pth", MODELS / "hinet_denoise.pth"]
     if not checkpoints:
         print(f"no sample model in {MODELS}", file=sys.stderr)
         return 1

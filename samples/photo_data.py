@@ -22,7 +22,10 @@ Degradations (``--task``):
   clipped to [0, 1] and rounded to 8 bits -- what a noisy PNG holds. Training and evaluation use the
   same model of an 8-bit noisy photo.
 * ``deblur``: isotropic Gaussian blur (std ``blur_sigma`` px, 'reflect' borders) plus Gaussian noise of
-  std ``sigma/255``, clipped and rounded to 8 bits (the variation tried in issue 5; see the README).
+  std ``sigma/255``, clipped and rounded to 8 bits (the variation tried in issue 5). ``blur_sigma`` may be
+  a range ``(lo, hi)``: each image of the batch then gets its own std drawn uniformly from it (blind
+  deblurring: the network has to estimate the blur from the image, which is what global statistics
+  are good for).
 """
 from __future__ import annotations
 
@@ -81,11 +84,18 @@ def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def degrade(clean: torch.Tensor, generator: torch.Generator, task: str = "denoise", sigma: float = 25.0,
-            blur_sigma: float = 2.0) -> torch.Tensor:
-    """The degraded 8-bit-valued version of ``clean`` ([0, 1] floats), noise drawn from ``generator``."""
+            blur_sigma: float | tuple[float, float] = 2.0) -> torch.Tensor:
+    """The degraded 8-bit-valued version of ``clean`` ([0, 1] floats), randomness drawn from ``generator``."""
     x = clean
     if task == "deblur":
-        x = gaussian_blur(x, blur_sigma)
+        if isinstance(blur_sigma, (tuple, list)):
+            lo, hi = float(blur_sigma[0]), float(blur_sigma[1])
+            batch = x if x.dim() == 4 else x[None]
+            stds = lo + (hi - lo) * torch.rand(batch.shape[0], generator=generator, dtype=torch.float64)
+            x = torch.stack([gaussian_blur(img, float(s)) for img, s in zip(batch, stds)])
+            x = x if clean.dim() == 4 else x[0]
+        else:
+            x = gaussian_blur(x, blur_sigma)
     elif task != "denoise":
         raise ValueError(f"unknown task {task!r} (denoise or deblur)")
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) * (sigma / 255.0)

@@ -48,7 +48,7 @@ DEFAULT_ARCH_KWARGS = {
     "hinet": dict(in_chn=3, wf=16, depth=3, relu_slope=0.2, hin_position_left=0, hin_position_right=2),
 }
 DEFAULT_LR = {"nafnet": 1e-3, "hinet": 1e-3}
-CALIB_SIZES = (64, 96, 128, 192, 256, 384)
+CALIB_SIZES = (64, 96, 128, 192, 256, 384, 512)
 
 
 def build_model(arch: str, arch_kwargs: dict) -> torch.nn.Module:
@@ -75,7 +75,7 @@ def compute_loss(out, target: torch.Tensor, kind: str) -> torch.Tensor:
 
 def train(arch: str, arch_kwargs: dict | None = None, *, steps: int = 4000, patch: int = 64, batch: int = 8,
           seed: int = 0, lr: float | None = None, loss: str = "psnr", task: str = "denoise",
-          sigma: float = 25.0, blur_sigma: float = 2.0, photos=photo_data.TRAIN_PHOTOS,
+          sigma: float = 25.0, blur_sigma: float | tuple[float, float] = 2.0, photos=photo_data.TRAIN_PHOTOS,
           log_every: int = 100, log=print) -> tuple[torch.nn.Module, dict]:
     """Train from scratch; returns the model (eval mode) and a summary (losses, time)."""
     arch_kwargs = dict(DEFAULT_ARCH_KWARGS[arch] if arch_kwargs is None else arch_kwargs)
@@ -143,12 +143,32 @@ def restore(model: torch.nn.Module, degraded: torch.Tensor, multiple: int) -> to
     return out[0, :, :h, :w].clamp(0.0, 1.0)
 
 
-def evaluate(model: torch.nn.Module, arch: str, pairs, calib_sizes=CALIB_SIZES) -> dict:
-    """Held-out PSNRs: the degraded input, the global model, and TLC at each calibration size."""
+@torch.no_grad()
+def restore_tiled(model: torch.nn.Module, degraded: torch.Tensor, tile: int) -> torch.Tensor:
+    """Diagnostic: run on non-overlapping ``tile`` x ``tile`` crops (reflect-padded image), as in training.
+
+    Every tile sees patch statistics like a training crop, at the price of no context across tile
+    borders (the boundary artifacts TLC is meant to avoid).
+    """
+    h, w = degraded.shape[-2:]
+    x = F.pad(degraded[None], (0, (-w) % tile, 0, (-h) % tile), mode="reflect")
+    out = torch.empty_like(x)
+    for top in range(0, x.shape[-2], tile):
+        for left in range(0, x.shape[-1], tile):
+            out[..., top:top + tile, left:left + tile] = final_output(
+                model(x[..., top:top + tile, left:left + tile]))
+    return out[0, :, :h, :w].clamp(0.0, 1.0)
+
+
+def evaluate(model: torch.nn.Module, arch: str, pairs, calib_sizes=CALIB_SIZES, tiles=()) -> dict:
+    """Held-out PSNRs: the degraded input, the global model, TLC at each calibration size, and (diagnostic)
+    the global model run tile by tile at each size in ``tiles``."""
     multiple = zoo.input_multiple(arch, model)
     model.eval()
     result = {"input": {n: psnr_8bit(d, c) for n, d, c in pairs}}
     result["global"] = {n: psnr_8bit(restore(model, d, multiple), c) for n, d, c in pairs}
+    result["tiled"] = {str(t): {n: psnr_8bit(restore_tiled(model, d, t), c) for n, d, c in pairs}
+                       for t in tiles}
     result["tlc"] = {}
     result["tlc_windows"] = {}
     for size in calib_sizes:
@@ -157,8 +177,36 @@ def evaluate(model: torch.nn.Module, arch: str, pairs, calib_sizes=CALIB_SIZES) 
         result["tlc_windows"][str(size)] = sorted({f"{r.kind}:{r.window[0]}x{r.window[1]}" for r in records})
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
     result["mean"] = {"input": mean(result["input"]), "global": mean(result["global"]),
-                      **{f"tlc{s}": mean(v) for s, v in result["tlc"].items()}}
+                      **{f"tlc{s}": mean(v) for s, v in result["tlc"].items()},
+                      **{f"tiled{t}": mean(v) for t, v in result["tiled"].items()}}
     return result
+
+
+TILED_NOTE = ("diagnostic, not TLC: the global model run on non-overlapping tiles (reflect-padded image), "
+              "so every tile has training-like statistics but no context across tile borders")
+
+
+def eval_only(args, calib, tiles) -> int:
+    """Re-run the held-out evaluation of an existing checkpoint and update its provenance file."""
+    from tlc_export.load import load_model
+
+    out = Path(args.out)
+    json_path = out.with_suffix(".json")
+    meta = json.loads(json_path.read_text())
+    loaded = load_model(out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"])
+    deg = meta["degradation"]
+    start = time.perf_counter()
+    pairs = photo_data.heldout_pairs(deg["task"], deg["sigma_255"], deg.get("blur_sigma_heldout", 2.0))
+    results = evaluate(loaded.module, meta["arch"], pairs, calib, tiles)
+    meta["eval_seconds"] = round(time.perf_counter() - start, 1)
+    meta["eval"].update(calib_sizes=list(calib), tiled=TILED_NOTE, tile_sizes=list(tiles))
+    meta["heldout_psnr"] = results
+    meta["eval_command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    for key, value in results["mean"].items():
+        print(f"held-out mean PSNR {key:8s} {value:.3f} dB", flush=True)
+    print(f"updated {json_path} (eval {meta['eval_seconds']}s)")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -174,13 +222,24 @@ def main(argv=None) -> int:
     p.add_argument("--loss", choices=("psnr", "l1"), default="psnr")
     p.add_argument("--task", choices=("denoise", "deblur"), default="denoise")
     p.add_argument("--sigma", type=float, default=25.0, help="noise std on the 0..255 scale")
-    p.add_argument("--blur-sigma", type=float, default=2.0, help="Gaussian blur std in pixels (--task deblur)")
+    p.add_argument("--blur-sigma", type=float, default=2.0,
+                   help="Gaussian blur std in pixels of the held-out photos (--task deblur)")
+    p.add_argument("--train-blur-range", default=None,
+                   help="LO,HI: training blur std drawn per crop from [LO, HI] (default: --blur-sigma)")
     p.add_argument("--calib", default=",".join(map(str, CALIB_SIZES)), help="TLC calibration sizes to sweep")
+    p.add_argument("--tiles", default=None,
+                   help="diagnostic tile sizes for tile-by-tile inference (default: the patch and twice it)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="do not train: re-evaluate the checkpoint at --out and refresh its .json")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    calib = tuple(int(s) for s in args.calib.split(","))
+    tiles = tuple(int(s) for s in args.tiles.split(",")) if args.tiles else (args.patch, 2 * args.patch)
+    if args.eval_only:
+        return eval_only(args, calib, tiles)
     arch_kwargs = dict(DEFAULT_ARCH_KWARGS[args.arch])
     if args.arch_kwargs:
         arch_kwargs.update(json.loads(args.arch_kwargs))
@@ -188,16 +247,18 @@ def main(argv=None) -> int:
                                                                                      else sys.argv[1:])))
     print(f"{args.arch} {arch_kwargs}; task {args.task}, sigma {args.sigma}, patch {args.patch}, "
           f"batch {args.batch}, steps {args.steps}, seed {args.seed}", flush=True)
+    train_blur = args.blur_sigma
+    if args.train_blur_range:
+        train_blur = tuple(float(v) for v in args.train_blur_range.split(","))
     model, summary = train(args.arch, arch_kwargs, steps=args.steps, patch=args.patch, batch=args.batch,
                            seed=args.seed, lr=args.lr, loss=args.loss, task=args.task, sigma=args.sigma,
-                           blur_sigma=args.blur_sigma, log_every=args.log_every,
+                           blur_sigma=train_blur, log_every=args.log_every,
                            log=lambda s: print(s, flush=True))
     out = save_checkpoint(model, args.out)
 
     start = time.perf_counter()
     pairs = photo_data.heldout_pairs(args.task, args.sigma, args.blur_sigma)
-    calib = tuple(int(s) for s in args.calib.split(","))
-    results = evaluate(model, args.arch, pairs, calib)
+    results = evaluate(model, args.arch, pairs, calib, tiles)
     eval_seconds = round(time.perf_counter() - start, 1)
     for key, value in results["mean"].items():
         print(f"held-out mean PSNR {key:8s} {value:.3f} dB", flush=True)
@@ -206,7 +267,10 @@ def main(argv=None) -> int:
                    "sigma_255": args.sigma, "noise_seed_train": args.seed + 1,
                    "noise_seed_heldout": f"{photo_data.HELDOUT_SEED} + index of the photo"}
     if args.task == "deblur":
-        degradation["blur"] = f"isotropic Gaussian, std {args.blur_sigma} px, reflect borders, before the noise"
+        degradation["blur"] = "isotropic Gaussian, reflect borders, before the noise"
+        degradation["blur_sigma_heldout"] = args.blur_sigma
+        degradation["blur_sigma_train"] = (f"uniform in [{train_blur[0]}, {train_blur[1]}] per crop"
+                                           if isinstance(train_blur, tuple) else train_blur)
     n_params = sum(p.numel() for p in model.parameters())
     provenance = {
         "arch": args.arch,
@@ -235,6 +299,7 @@ def main(argv=None) -> int:
                                "to 8 bits; PSNR over all 3 channels",
                  "tlc": "tlc_export.reference.to_local(model, calib=(s, s)) for each s in calib_sizes",
                  "calib_sizes": list(calib),
+                 "tiled": TILED_NOTE, "tile_sizes": list(tiles),
                  "caveat": "the calibration sweep is run on the held-out photos themselves (no separate "
                            "validation split): the best TLC number is optimistic by construction"},
         "heldout_psnr": results,
