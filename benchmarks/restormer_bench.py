@@ -5,9 +5,10 @@
 
 Random (seeded) weights: the figures do not depend on them. Latency is the median of ``--runs`` runs
 after one warm-up, one intra-op thread, global and TLC interleaved (the machine is shared, so
-alternating keeps slow spells from landing on one graph only). Peak memory is ``ru_maxrss`` of a
-fresh process that loads ONNX Runtime, creates the session and runs the graph once, minus that of
-the same process before the session is created (so the figures are what the model costs).
+alternating keeps slow spells from landing on one graph only). Peak memory is the peak resident set
+(``VmHWM``) of a fresh process that loads ONNX Runtime, creates the session and runs the graph once
+(``peak_rss_mb``), and that minus the peak before the session was created (``model_rss_mb``: what the
+model costs). ``session_create_s`` is the InferenceSession construction time.
 """
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from pathlib import Path
 
 
 def _maxrss_mb() -> float:
+    """Peak resident memory of this process so far (MB). Linux's VmHWM restarts at exec; ru_maxrss
+    would carry the parent's peak over into a freshly started child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -105,13 +114,15 @@ def main(argv=None) -> int:
         channels = onnx.load(str(glob_path)).graph.input[0].type.tensor_type.shape.dim[1].dim_value
         shape = [args.batch, channels, args.size, args.size]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        sessions = {}
+        sessions, created = {}, {}
         for name, path in (("global", glob_path), ("tlc", tlc_path)):
             options = ort.SessionOptions()
             options.intra_op_num_threads = args.threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            t0 = time.perf_counter()
             sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            created[name] = time.perf_counter() - t0
         times = {"global": [], "tlc": []}
         outs = {}
         for name, s in sessions.items():       # warm-up
@@ -129,6 +140,7 @@ def main(argv=None) -> int:
         for name, path in (("global", glob_path), ("tlc", tlc_path)):
             mem = _memory_in_subprocess(path, shape, args.threads)
             report[name] = {"nodes": len(onnx.load(str(path)).graph.node),
+                            "session_create_s": round(created[name], 2),
                             "median_ms": round(1000 * statistics.median(times[name]), 1),
                             "runs_ms": [round(1000 * t, 1) for t in times[name]],
                             "peak_rss_mb": round(mem["peak_mb"], 1), "model_rss_mb": round(mem["model_mb"], 1)}

@@ -23,13 +23,25 @@ exporter's scoped name of the Softmax gives the report's module path.
 Rewrite
 -------
 The region is kept as it is and fed the *windows* of X instead of X: its Reshapes take their sizes
-from Shape ops on its own tensors, so on a [B·nr·nc, 3C, k1, k2] batch of windows it computes the
-attention of each window independently (Reshapes with baked constant targets are rebuilt). The
-window layout is megvii-research/TLC ``LocalAttention.grids()`` computed in integer arithmetic from
-the run-time size (``window_layout``). The outputs are merged with gathers only (no scatter: ONNX
-``ScatterElements``/``ScatterND`` with ``reduction="add"`` are not TensorRT built-ins — ScatterND's
-reduction is explicitly unsupported in the onnx-tensorrt 10.15 operator table, ScatterElements'
-goes to a plugin), see ``_merge``.
+from Shape ops on its own tensors, so on a [B·nr·nc, 3C, ·, ·] batch of windows it computes the
+attention of each window independently, each image's windows apart from the others' (Reshapes with
+baked constant targets are rebuilt, ``_rebuild_constant_shapes``). The window layout is
+megvii-research/TLC ``LocalAttention.grids()`` computed in integer arithmetic from the run-time size
+(``window_layout``); the window outputs are averaged where they overlap (``_merge``).
+
+* Windows are stored transposed, [B·nr·nc, 3C, k2, k1]: the attention does not depend on the order
+  of the pixels inside a window, and this layout lets every copy move contiguous rows (ONNX Runtime's
+  Gather along the last axis copies element by element, about 5× slower than along axis 2; the
+  untransposed layout measured 147 vs 99 ms per level-1 Restormer block at 256², global 54 ms). The
+  price: where one window covers the map, the result is the global attention up to float rounding
+  (its pixel sums run in another order; ~2e-7 here), not bit for bit.
+* No scatter: ONNX ``ScatterND``/``ScatterElements`` with ``reduction="add"`` are not TensorRT
+  built-ins (the onnx-tensorrt 10.15 table lists ScatterND's reduction as unsupported; TensorRT
+  routes ScatterElements' reductions to a plugin). The merge is Gathers only.
+* Ops used: Shape, Gather, Transpose, Reshape, Concat, Range, Squeeze/Unsqueeze (constant axes),
+  Min/Max/Add/Sub/Mul/Div on int64, LessOrEqual, Cast, ReduceSum (initializer axes), Mul — all in
+  the TensorRT 10.15 ONNX operator table within its restrictions (``tlc_export.trtcheck`` finds
+  nothing to report on a converted Restormer).
 """
 from __future__ import annotations
 
@@ -84,6 +96,18 @@ def _is_constant(t: gs.Tensor, memo: dict[int, bool]) -> bool:
     return result
 
 
+def _value(t: gs.Tensor) -> np.ndarray | None:
+    """A constant's value, through Identity nodes (the exporter routes de-duplicated initializers —
+    e.g. equal ``temperature`` parameters of a freshly built model — through Identity)."""
+    for _ in range(4):
+        value = constant_value(t)
+        node = _producer(t)
+        if value is not None or node is None or node.op != "Identity":
+            return value
+        t = node.inputs[0]
+    return None
+
+
 def _last_axis(node: gs.Node, axes: list[int] | None, x: gs.Tensor) -> bool:
     if axes is None or len(axes) != 1:
         return False
@@ -107,7 +131,7 @@ def _norm_source(d: gs.Tensor, x: gs.Tensor) -> bool:
                     sq = _producer(src)
                     if sq is None or not ((sq.op == "Mul" and sq.inputs[0] is x and sq.inputs[1] is x)
                                           or (sq.op == "Pow" and sq.inputs[0] is x
-                                              and np.all(constant_value(sq.inputs[1]) == 2))):
+                                              and np.all(_value(sq.inputs[1]) == 2))):
                         return False
                     src = x
                 return src is x and _last_axis(inner, _reduce_axes(inner), x)
@@ -116,7 +140,7 @@ def _norm_source(d: gs.Tensor, x: gs.Tensor) -> bool:
         if node.op in ("Expand", "Clip", "Identity", "Cast"):
             d = node.inputs[0]
         elif node.op in ("Max", "Add") and len(node.inputs) == 2:
-            consts = [constant_value(i) is not None for i in node.inputs]
+            consts = [_is_constant(i, {}) for i in node.inputs]
             if consts.count(True) != 1:
                 return False
             d = node.inputs[consts.index(False)]
@@ -167,15 +191,16 @@ def _transposed_last_two(node: gs.Node | None) -> bool:
 
 def _scores_matmul(t: gs.Tensor) -> gs.Node | None:
     """The MatMul under optional constant scalings (temperature) feeding the Softmax."""
+    memo: dict[int, bool] = {}
     for _ in range(4):
         node = _producer(t)
         if node is None:
             return None
         if node.op == "MatMul":
             return node
-        if node.op in ("Mul", "Div", "Add") and len(node.inputs) == 2 and constant_value(node.inputs[1]) is not None:
+        if node.op in ("Mul", "Div", "Add") and len(node.inputs) == 2 and _is_constant(node.inputs[1], memo):
             t = node.inputs[0]
-        elif node.op in ("Mul", "Add") and len(node.inputs) == 2 and constant_value(node.inputs[0]) is not None:
+        elif node.op in ("Mul", "Add") and len(node.inputs) == 2 and _is_constant(node.inputs[0], memo):
             t = node.inputs[1]
         else:
             return None
@@ -203,7 +228,8 @@ def _region(x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
             continue
         below.add(id(node))
         for out in node.outputs:
-            stack.extend(out.outputs)
+            if out is not y:
+                stack.extend(out.outputs)
     region: dict[int, gs.Node] = {}
     stack = [_producer(y)]
     while stack:
@@ -215,6 +241,61 @@ def _region(x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
             if inp is not x:
                 stack.append(_producer(inp))
     return list(region.values())
+
+
+#: Ops that keep a map's batch and spatial size (checked further for Conv/pools).
+_SIZE_KEEPING = {"Conv", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Erf",
+                 "Identity", "BatchNormalization", "InstanceNormalization", "Clip", "Neg", "Abs"}
+
+
+def _keeps_size(node: gs.Node) -> bool:
+    if node.op != "Conv":
+        return node.op in _SIZE_KEEPING
+    kernel = node.attrs.get("kernel_shape")
+    strides = node.attrs.get("strides", [1, 1])
+    dil = node.attrs.get("dilations", [1, 1])
+    pads = node.attrs.get("pads", [0, 0, 0, 0])
+    if kernel is None or len(kernel) != 2 or list(strides) != [1, 1] or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        return False
+    return all(pads[i] + pads[i + 2] == (kernel[i] - 1) * dil[i] for i in range(2))
+
+
+def _same_map_size(t: gs.Tensor, x: gs.Tensor) -> bool:
+    """Whether the 4-D ``t`` has ``x``'s batch and spatial size by construction: x is reached from t
+    through size-keeping ops (stride-1 'same' convolutions, elementwise ops)."""
+    seen, stack = set(), [x]
+    while stack:
+        cur = stack.pop()
+        if cur is t:
+            return True
+        node = _producer(cur)
+        if node is None or id(node) in seen or not _keeps_size(node) or len(seen) > 64:
+            continue
+        seen.add(id(node))
+        stack.extend(i for i in node.inputs if isinstance(i, gs.Variable) and i.name)
+    return False
+
+
+def _shape_sources(t: gs.Tensor, memo: dict[int, bool]) -> list[gs.Node] | None:
+    """The Shape nodes an integer tensor is computed from (with constants), or None when it also
+    depends on data."""
+    found: dict[int, gs.Node] = {}
+    stack = [t]
+    while stack:
+        cur = stack.pop()
+        if _is_constant(cur, memo):
+            continue
+        node = _producer(cur)
+        if node is None:
+            return None
+        if node.op == "Shape":
+            found[id(node)] = node
+            continue
+        if node.op not in ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity",
+                           "Add", "Sub", "Mul", "Div", "Mod", "Min", "Max", "Floor", "Ceil"):
+            return None
+        stack.extend(i for i in node.inputs if i.name or isinstance(i, gs.Constant))
+    return list(found.values())
 
 
 def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | None:
@@ -257,6 +338,7 @@ def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | 
     ids = {id(n) for n in nodes}
     outputs = {id(t) for t in graph.outputs}
     memo: dict[int, bool] = {}
+    external = []            # sizes read from outside, e.g. ``b, c, h, w = x.shape`` of the block input
     for node in nodes:
         for out in node.outputs:
             if out is y:
@@ -264,15 +346,20 @@ def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | 
             if id(out) in outputs or any(id(c) not in ids for c in out.outputs):
                 raise UserError(f"unsupported global op: node {softmax.name!r} (transposed attention whose "
                                 f"intermediate {out.name!r} is used outside the attention)")
-        for inp in node.inputs:
+        for i, inp in enumerate(node.inputs):
             if inp is x or (not inp.name and not isinstance(inp, gs.Constant)):
                 continue
             p = _producer(inp)
-            if (p is None or id(p) not in ids) and not _is_constant(inp, memo):
+            if (p is not None and id(p) in ids) or _is_constant(inp, memo):
+                continue
+            sources = _shape_sources(inp, memo)
+            if not sources or not all(_rank(s.inputs[0]) == 4 and _same_map_size(s.inputs[0], x) for s in sources):
                 raise UserError(f"unsupported global op: node {softmax.name!r} (transposed attention that "
                                 f"also reads {inp.name!r}, which is not computed from its qkv map)")
+            external.append((node, i))
     # Node names may be absent in foreign graphs; the Softmax's output name is unique either way.
-    return GlobalOp("attention", softmax.name or softmax.outputs[0].name, PATTERN, nodes, x, y)
+    return GlobalOp("attention", softmax.name or softmax.outputs[0].name, PATTERN, nodes, x, y,
+                    {"external_sizes": external})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,9 +369,10 @@ def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | 
 def window_layout(b: Builder, n: gs.Tensor, window: int):
     """TLC's windows along one axis of run-time length ``n`` (1-D int64 of length 1).
 
-    Returns (k, count, starts): k = min(n, window); starts = min(j·step, n − k) for j < count, where
+    Returns (k, count, starts, offsets): k = min(n, window); starts = min(j·step, n − k) for j < count, where
     num = (n − 1)//k + 1, step = ceil((n − k)/(num − 1)) (k when num = 1) and
-    count = ceil((n − k)/step) + 1 — the same windows as ``reference.attention.window_starts``.
+    count = ceil((n − k)/step) + 1 — the same windows as ``reference.attention.window_starts``;
+    offsets = j·k − starts (position y of window j is at j·k + y − s_j once the windows are laid end to end).
 
     Upstream computes ``ceil((n − k)/(num − 1) − 1e-8)``: the 1e-8 only keeps an exact integer ratio
     from rounding up under floating-point error, which integer ceil = (a + b − 1)//b never has (for
@@ -293,15 +381,15 @@ def window_layout(b: Builder, n: gs.Tensor, window: int):
     """
     k = b.op("Min", [n, b.const([window])])
     one = b.const([1])
-    num = b.op("Add", [b.op("Div", [b.op("Sub", [n, one]), k]), one])
-    den = b.op("Max", [b.op("Sub", [num, one]), one])
+    den = b.op("Max", [b.op("Div", [b.op("Sub", [n, one]), k]), one])    # max(num − 1, 1)
     rest = b.op("Sub", [n, k])                                            # n − k ≥ 0
     step = b.op("Div", [b.op("Sub", [b.op("Add", [rest, den]), one]), den])
     step = b.op("Max", [step, one])
     count = b.op("Add", [b.op("Div", [b.op("Sub", [b.op("Add", [rest, step]), one]), step]), one])
     j = _arange(b, count)
     starts = b.op("Min", [b.op("Mul", [j, step]), rest])
-    return k, count, starts
+    offsets = b.op("Sub", [b.op("Mul", [j, k]), starts])                  # window j holds y at j·k + y − s_j
+    return k, count, starts, offsets
 
 
 def _scalar(b: Builder, t: gs.Tensor) -> gs.Variable:
@@ -320,27 +408,23 @@ def _window_indices(b: Builder, starts: gs.Tensor, k: gs.Tensor) -> gs.Variable:
     return b.op("Reshape", [grid, b.const([-1])])
 
 
-def _cover_indices(b: Builder, n: gs.Tensor, k: gs.Tensor, starts: gs.Tensor):
+def _cover_indices(b: Builder, n: gs.Tensor, k: gs.Tensor, starts: gs.Tensor, offsets: gs.Tensor):
     """For every position y < n, its flat index (window·k + offset) in the first and in the last
     window covering it (the same window when only one covers it)."""
-    y = b.op("Unsqueeze", [_arange(b, n), b.const([1])])                  # n×1
+    y = _arange(b, n)                                                      # n
+    y_col = b.op("Unsqueeze", [y, b.const([1])])                           # n×1
     s = b.op("Unsqueeze", [starts, b.const([0])])                          # 1×count
-    one = b.const([1])
     axis = b.const([1])
 
-    def count_less(t):  # #{r : t_r < y} per y
-        less = b.op("Cast", [b.op("Less", [t, y])], {"to": 7})             # int64
-        return b.op("ReduceSum", [less, axis], {"keepdims": 0})
+    def count_at_most(t):  # #{r : t_r ≤ y} per y
+        hits = b.op("Cast", [b.op("LessOrEqual", [t, y_col])], {"to": 7})  # int64
+        return b.op("ReduceSum", [hits, axis], {"keepdims": 0})
 
     # first covering window: #{r : s_r + k ≤ y}; last: #{r : s_r ≤ y} − 1
-    first = count_less(b.op("Sub", [b.op("Add", [s, k]), one]))
-    last = b.op("Sub", [count_less(b.op("Sub", [s, one])), one])
-    y = b.op("Squeeze", [y, axis])
-
-    def flat(r):
-        return b.op("Add", [b.op("Mul", [r, k]), b.op("Sub", [y, b.op("Gather", [starts, r], {"axis": 0})])])
-
-    return flat(first), flat(last)
+    first = count_at_most(b.op("Add", [s, k]))
+    last = b.op("Sub", [count_at_most(s), b.const([1])])
+    return (b.op("Add", [b.op("Gather", [offsets, first], {"axis": 0}), y]),
+            b.op("Add", [b.op("Gather", [offsets, last], {"axis": 0}), y]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,7 +434,7 @@ def _cover_indices(b: Builder, n: gs.Tensor, k: gs.Tensor, starts: gs.Tensor):
 def _gather_windows(b: Builder, x: gs.Tensor, rows, cols) -> gs.Variable:
     """[B, C3, h, w] → [B·nr·nc, C3, k2, k1]: the windows of each image consecutive (row-major), each
     stored transposed (see ``_merge``)."""
-    (_, k1, nr, starts_r), (_, k2, nc, starts_c) = rows, cols
+    (_, k1, nr, starts_r, _), (_, k2, nc, starts_c, _) = rows, cols
     by_rows = b.op("Gather", [x, _window_indices(b, starts_r, k1)], {"axis": 2})      # B, C3, nr·k1, w
     flipped = b.op("Transpose", [by_rows], {"perm": [0, 1, 3, 2]})                   # B, C3, w, nr·k1
     both = b.op("Gather", [flipped, _window_indices(b, starts_c, k2)], {"axis": 2})  # B, C3, nc·k2, nr·k1
@@ -360,26 +444,27 @@ def _gather_windows(b: Builder, x: gs.Tensor, rows, cols) -> gs.Variable:
 
 
 def _merge(b: Builder, yw: gs.Tensor, rows, cols, output: gs.Tensor) -> None:
-    """[B·nr·nc, C, k2, k1] window outputs → [B, C, h, w] averaged where windows overlap.
+    """[B·nr·nc, C, k2, k1] window outputs → [B, C, h, w], averaged where windows overlap.
 
-    Along one axis no position is covered by more than two windows (TLC's layout: the first
-    regular windows are more than k/2 apart and the flush window starts ≥ k after the last-but-one;
-    checked exhaustively for every size ≤ 20000 and window ≤ size in tests/test_restormer_graph.py).
-    So the mean along an axis is (O[first] + O[last]) / 2 with ``first``/``last`` the two covering
-    windows — the same one twice when only one covers the position — which needs neither a count
-    map nor a scatter: two Gathers and an Add per axis, one Mul by 1/4 at the end (a map covered by
-    one window comes back exactly: (O + O) + (O + O) = 4·O, and 4·O/4 = O in floating point).
+    Along one axis no position is covered by more than two windows: three regular windows span
+    2·step > k (step ≥ (n − k)/(num − 1) > k/2 once there are three windows), and the flush window
+    starts at least k after the last-but-one regular start — shown for num − 1 ≤ k + 1 and checked
+    exhaustively for every size ≤ 20000 and window ≤ size (tests/test_restormer_graph.py reruns it to
+    8192). So the mean along an axis is (O[first] + O[last]) / 2 with ``first``/``last`` the first and
+    the last window covering the position — the same window twice when one covers it — which needs
+    neither a count map nor a scatter: two Gathers (along axis 2, contiguous rows) and an Add per
+    axis, one Transpose between the axes, one Mul by 1/4 at the end. The merge itself is exact when
+    one window covers the map: (O + O) + (O + O) = 4·O and 4·O/4 = O in floating point.
     """
-    (h, k1, nr, starts_r), (w, k2, nc, starts_c) = rows, cols
+    (h, k1, nr, starts_r, offsets_r), (w, k2, nc, starts_c, offsets_c) = rows, cols
     six = b.op("Reshape", [yw, b.op("Concat", [b.const([-1]), nr, nc, b.dim(yw, 1), k2, k1], {"axis": 0})])
     moved = b.op("Transpose", [six], {"perm": [0, 3, 2, 4, 1, 5]})                  # B, C, nc, k2, nr, k1
-    cols_first = b.op("Reshape", [moved, b.op("Concat", [b.const([0, 0]), b.op("Mul", [nc, k2]),
-                                                         b.op("Mul", [nr, k1])], {"axis": 0})])
-    c_first, c_last = _cover_indices(b, w, k2, starts_c)
+    cols_first = b.op("Reshape", [moved, b.op("Concat", [b.const([0, 0, -1]), b.op("Mul", [nr, k1])], {"axis": 0})])
+    c_first, c_last = _cover_indices(b, w, k2, starts_c, offsets_c)
     merged_c = b.op("Add", [b.op("Gather", [cols_first, c_first], {"axis": 2}),
                             b.op("Gather", [cols_first, c_last], {"axis": 2})])     # B, C, w, nr·k1
     rows_first = b.op("Transpose", [merged_c], {"perm": [0, 1, 3, 2]})              # B, C, nr·k1, w
-    r_first, r_last = _cover_indices(b, h, k1, starts_r)
+    r_first, r_last = _cover_indices(b, h, k1, starts_r, offsets_r)
     merged = b.op("Add", [b.op("Gather", [rows_first, r_first], {"axis": 2}),
                           b.op("Gather", [rows_first, r_last], {"axis": 2})])       # B, C, h, w
     b.op("Mul", [merged, b.const([0.25], np.float32)], outputs=[output])
@@ -393,7 +478,7 @@ def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
     for node in op.nodes:
         if node.op not in ("Reshape", "Expand") or not _is_constant(node.inputs[1], memo):
             continue
-        target = constant_value(node.inputs[1])
+        target = _value(node.inputs[1])
         if target is None:
             raise UserError(f"node {node.name!r}: a {node.op} with a computed constant target inside the attention "
                             f"{op.name!r}; constant-fold the graph first (polygraphy surgeon sanitize --fold-constants)")
@@ -417,6 +502,45 @@ def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
         node.inputs[1] = b.const(new)
 
 
+def _window_sizes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
+    """Sizes the region reads from outside (Shape of a map the size of X, e.g. the block input) are
+    recomputed from a window-sized shape: batch and spatial dims of the window batch ``xw``, channels
+    of the original map. The integer ops between are cloned, so uses outside the region keep theirs."""
+    memo: dict[int, bool] = {}
+    clones: dict[int, gs.Tensor] = {}
+
+    def window_shape(shape_node: gs.Node) -> gs.Tensor:
+        src = shape_node.inputs[0]
+        full = b.op("Concat", [b.op("Shape", [xw], {"start": 0, "end": 1}), b.dim(src, 1),
+                               b.op("Shape", [xw], {"start": 2, "end": 4})], {"axis": 0})
+        start, end = shape_node.attrs.get("start", 0), shape_node.attrs.get("end")
+        if start == 0 and end is None:
+            return full
+        ends = [end if end is not None else 4]
+        return b.op("Slice", [full, b.const([start]), b.const(ends), b.const([0])])
+
+    def clone(t: gs.Tensor) -> gs.Tensor:
+        if _is_constant(t, memo):
+            return t
+        if id(t) in clones:
+            return clones[id(t)]
+        node = _producer(t)
+        if node.op == "Shape":
+            new = window_shape(node)
+        else:
+            inputs = [clone(i) if (i.name or isinstance(i, gs.Constant)) else i for i in node.inputs]
+            outs = b.op(node.op, inputs, dict(node.attrs), n_out=len(node.outputs))
+            outs = outs if isinstance(outs, list) else [outs]
+            for o, new_o in zip(node.outputs, outs):
+                clones[id(o)] = new_o
+            new = clones[id(t)]
+        clones[id(t)] = new
+        return new
+
+    for node, i in op.attrs.get("external_sizes", []):
+        node.inputs[i] = clone(node.inputs[i])
+
+
 def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None:
     """Rewire ``op``'s region (kept in the graph) to run on the windows of its qkv map and merge the
     window outputs into ``op.output`` (in place)."""
@@ -435,5 +559,6 @@ def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None
     assert last is not None and id(last) in ids
     yw = gs.Variable(f"{b.prefix}/windows_out")
     last.outputs[last.outputs.index(y)] = yw
+    _window_sizes(b, op, xw)
     _rebuild_constant_shapes(b, op, xw)
     _merge(b, yw, rows, cols, y)

@@ -46,14 +46,18 @@ def _as_float_tensor(t: gs.Tensor) -> gs.Tensor:
     return t
 
 
+SUBGRAPH_ONLY = ("groupnorm", "attention")
+
+
 def localize_plugin(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int,
                     aot: bool | None = None) -> list[RewriteRecord]:
-    """Replace ``ops`` in ``graph`` (in place) by plugin nodes (group norms by subgraphs)."""
-    fallback = [op for op in ops if op.kind == "groupnorm"]
+    """Replace ``ops`` in ``graph`` (in place) by plugin nodes (group norms and Restormer attention,
+    which have no plugin, by standard subgraphs)."""
+    fallback = [op for op in ops if op.kind in SUBGRAPH_ONLY]
     done = {r.onnx_name: r for r in localize(graph, fallback, windows, opset)} if fallback else {}
     records = []
     for op in ops:
-        if op.kind == "groupnorm":
+        if op.kind in SUBGRAPH_ONLY:
             records.append(done[op.name])
             continue
         window = tuple(int(k) for k in windows[op.name])
