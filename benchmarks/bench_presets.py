@@ -51,19 +51,28 @@ def main() -> int:
                                  progress=stderr_progress)
             print(report.table(), flush=True)
             reports.append(report)
-    lines = ["# TLC latency benchmark", "",
-             f"Machine: {machine_description()}; ONNX Runtime CPU and PyTorch CPU, {args.threads} threads; "
-             f"median of {args.runs} interleaved runs; input {size[0]}x{size[1]}, calibration "
-             f"{calib[0]}x{calib[1]}; random weights.", "",
-             f"Command: `.venv/bin/python benchmarks/bench_presets.py --size {args.size} --calib {args.calib} "
-             f"--runs {args.runs} --threads {args.threads}`", "",
-             "| preset | " + " | ".join(r.name for r in reports[0].rows) + " |",
-             "|---|" + "---|" * len(reports[0].rows)]
+    # Results accumulate per preset across runs (a preset measured again replaces its row).
+    results_path = ROOT / "benchmarks" / "results.json"
+    entries = {e["model"]: e for e in (json.loads(results_path.read_text()) if results_path.exists() else [])}
     for rep in reports:
-        cells = [f"{r.median_ms:.0f} ms ({r.ratio_to_global_graph:.2f}x)" for r in rep.rows]
-        lines.append(f"| {rep.model} | " + " | ".join(cells) + " |")
+        entry = rep.as_dict()
+        entry["command"] = (f".venv/bin/python benchmarks/bench_presets.py --presets {rep.model} --size {args.size} "
+                            f"--calib {args.calib} --runs {args.runs} --threads {args.threads}"
+                            + (" --no-eager" if args.no_eager else ""))
+        entries[rep.model] = entry
+    results_path.write_text(json.dumps(list(entries.values()), indent=2) + "\n")
+    lines = ["# TLC latency benchmark", "",
+             f"Machine: {machine_description()}. ONNX Runtime CPU and PyTorch CPU; medians of interleaved runs "
+             "(one run of each contender per round); random weights (timing does not depend on them). "
+             "Ratios are to the global ONNX graph of the same preset at the same size.", ""]
+    for entry in entries.values():
+        lines += [f"## {entry['model']}", "",
+                  f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
+                  f"{entry['threads']} threads, {entry['runs']} runs. Command: `{entry.get('command', 'see the top of this file')}`", "",
+                  "| contender | median | x global graph |", "|---|---|---|"]
+        lines += [f"| {r['name']} | {r['median_ms']:.0f} ms | {r['ratio_to_global_graph']:.3f} |" for r in entry["rows"]]
+        lines.append("")
     (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
     print(f"wrote {ROOT / 'benchmarks' / 'RESULTS.md'}")
     return 0
 
