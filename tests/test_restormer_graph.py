@@ -334,3 +334,19 @@ def test_full_size_preset_converts(tmp_path):
     got = ort_session(result.onnx_path, threads=1).run(None, {"input": x.numpy()})[0]
     print("full-size max abs", np.abs(got - want).max())
     assert np.abs(got - want).max() <= 1e-5
+
+
+def test_issue_configuration_calib_96(tmp_path):
+    """The issue's own check: --calib 96x96, two sizes larger than the calibration size, batch 2."""
+    torch.manual_seed(1)
+    model = randomised(zoo.build("restormer", **SMALL))
+    ckpt = tmp_path / "restormer.pth"
+    torch.save({"params": model.state_dict()}, ckpt)
+    tlc = convert(ckpt, (96, 96), arch="restormer", arch_kwargs=SMALL)
+    local, _ = to_local(copy.deepcopy(model), (96, 96))
+    session = ort_session(tlc.onnx_path, threads=1)
+    for shape in [(2, 3, 128, 160), (1, 3, 104, 200)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(shape[2]))
+        with torch.no_grad():
+            want = local(x).numpy()
+        assert np.abs(session.run(None, {"input": x.numpy()})[0] - want).max() <= 1e-5, shape
