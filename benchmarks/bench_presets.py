@@ -26,6 +26,22 @@ from tlc_export.bench import bench_model, machine_description  # noqa: E402
 PRESETS = ["HINet-GoPro", "NAFNet-GoPro-width64", "MPRNet-Deblurring"]
 
 
+def render(entries: list[dict]) -> None:
+    """RESULTS.md from the accumulated results.json entries."""
+    lines = ["# TLC latency benchmark", "",
+             f"Machine: {machine_description()}. ONNX Runtime CPU and PyTorch CPU; medians of interleaved runs "
+             "(one run of each contender per round); random weights (timing does not depend on them). "
+             "Ratios are to the global ONNX graph of the same preset at the same size.", ""]
+    for entry in entries:
+        lines += [f"## {entry['model']}", "",
+                  f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
+                  f"{entry['threads']} threads, {entry['runs']} runs. Command: `{entry['command']}`", "",
+                  "| contender | median | x global graph |", "|---|---|---|"]
+        lines += [f"| {r['name']} | {r['median_ms']:.0f} ms | {r['ratio_to_global_graph']:.3f} |" for r in entry["rows"]]
+        lines.append("")
+    (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="256x384")
@@ -34,7 +50,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = ap.parse_args()
+    if args.render_only:
+        render(json.loads((ROOT / "benchmarks" / "results.json").read_text()))
+        return 0
     size, calib = parse_size(args.size, "--size"), parse_size(args.calib)
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,18 +81,7 @@ def main() -> int:
                             + (" --no-eager" if args.no_eager else ""))
         entries[rep.model] = entry
     results_path.write_text(json.dumps(list(entries.values()), indent=2) + "\n")
-    lines = ["# TLC latency benchmark", "",
-             f"Machine: {machine_description()}. ONNX Runtime CPU and PyTorch CPU; medians of interleaved runs "
-             "(one run of each contender per round); random weights (timing does not depend on them). "
-             "Ratios are to the global ONNX graph of the same preset at the same size.", ""]
-    for entry in entries.values():
-        lines += [f"## {entry['model']}", "",
-                  f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
-                  f"{entry['threads']} threads, {entry['runs']} runs. Command: `{entry.get('command', 'see the top of this file')}`", "",
-                  "| contender | median | x global graph |", "|---|---|---|"]
-        lines += [f"| {r['name']} | {r['median_ms']:.0f} ms | {r['ratio_to_global_graph']:.3f} |" for r in entry["rows"]]
-        lines.append("")
-    (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    render(list(entries.values()))
     print(f"wrote {ROOT / 'benchmarks' / 'RESULTS.md'}")
     return 0
 
