@@ -46,3 +46,26 @@ def load_manifest(name: str) -> dict:
     if not path.is_file():
         pytest.skip(f"manifest {path} is missing")
     return json.loads(path.read_text())
+
+
+FAMILY_CALIB = (32, 32)
+
+
+@pytest.fixture(scope="session")
+def converted_families(tmp_path_factory):
+    """Each SMALL family (identity parameters perturbed) saved as an official-style checkpoint and
+    converted once at FAMILY_CALIB, TLC and global: {family: (model, checkpoint, tlc result, global result)}."""
+    from tlc_export import zoo
+    from tlc_export.api import convert
+
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for family, kwargs in SMALL.items():
+        torch.manual_seed(0)
+        model = perturb_identity_params(zoo.build(family, **kwargs)).eval()
+        ckpt = root / f"{family}.pth"
+        torch.save({"params": model.state_dict()}, ckpt)
+        tlc = convert(ckpt, FAMILY_CALIB, arch=family, arch_kwargs=kwargs)
+        glob = convert(ckpt, FAMILY_CALIB, arch=family, arch_kwargs=kwargs, tlc=False)
+        out[family] = (model, ckpt, tlc, glob)
+    return out

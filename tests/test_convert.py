@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import SMALL, perturb_identity_params
+from conftest import FAMILY_CALIB, SMALL, perturb_identity_params
 from tlc_export import zoo
 from tlc_export.api import convert
 from tlc_export.calibrate import import_graph
@@ -23,7 +23,7 @@ from tlc_export.reference import to_local
 from tlc_export.rewrite import find_global_ops
 from tlc_export.runtime import ort_session
 
-CALIB = (32, 32)
+CALIB = FAMILY_CALIB
 SIZES = [(1, 3, 48, 64), (2, 3, 40, 56)]   # neither is the export (= calibration) size
 
 
@@ -34,19 +34,8 @@ def final_output(family, out):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Each small family saved as an official-style checkpoint and converted once, TLC and global."""
-    root = tmp_path_factory.mktemp("families")
-    out = {}
-    for family, kwargs in SMALL.items():
-        torch.manual_seed(0)
-        model = perturb_identity_params(zoo.build(family, **kwargs)).eval()
-        ckpt = root / f"{family}.pth"
-        torch.save({"params": model.state_dict()}, ckpt)
-        tlc = convert(ckpt, CALIB, arch=family, arch_kwargs=kwargs, progress=None)
-        glob = convert(ckpt, CALIB, arch=family, arch_kwargs=kwargs, tlc=False, progress=None)
-        out[family] = (model, tlc, glob)
-    return out
+def converted(converted_families):
+    return {family: (model, tlc, glob) for family, (model, _, tlc, glob) in converted_families.items()}
 
 
 @pytest.mark.parametrize("family", list(SMALL))

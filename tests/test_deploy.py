@@ -8,33 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, perturb_identity_params
-from tlc_export import zoo
+from conftest import FAMILY_CALIB, SMALL
 from tlc_export.api import convert
 from tlc_export.cli import main
 from tlc_export.reference import to_local
 from tlc_export.runtime import ort_session
 from tlc_export.trtcheck import check_tensorrt_compat
 
-CALIB = (32, 32)
+CALIB = FAMILY_CALIB
 needs_plugin = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None
                                   or importlib.util.find_spec("tlc_trt_plugin") is None,
                                   reason="plugin form needs tlc_trt_plugin[ort] (make test installs it)")
 
 
 @pytest.fixture(scope="module")
-def forms(tmp_path_factory):
+def forms(converted_families, tmp_path_factory):
+    """The converted families plus their plugin form: {family: (model, checkpoint, standard, plugin)}."""
     root = tmp_path_factory.mktemp("deploy")
     out = {}
-    for family, kwargs in SMALL.items():
-        torch.manual_seed(0)
-        model = perturb_identity_params(zoo.build(family, **kwargs)).eval()
-        ckpt = root / f"{family}.pth"
-        torch.save({"params": model.state_dict()}, ckpt)
-        std = convert(ckpt, CALIB, arch=family, arch_kwargs=kwargs, output=root / f"{family}.std.onnx")
+    for family, (model, ckpt, std, _) in converted_families.items():
         plug = None
         if importlib.util.find_spec("tlc_trt_plugin") is not None:
-            plug = convert(ckpt, CALIB, arch=family, arch_kwargs=kwargs, impl="plugin",
+            plug = convert(ckpt, CALIB, arch=family, arch_kwargs=SMALL[family], impl="plugin",
                            output=root / f"{family}.plugin.onnx")
         out[family] = (model, ckpt, std, plug)
     return out
