@@ -126,29 +126,26 @@ def _define(trtp) -> None:
     # ---------------------------------------------------------------- AOT (PTX in the engine)
     # Kernel parameters: tensor inputs, then the int32 extra args below, then the output.
     # Grid: one program per (n, c) plane.
-    @trtp.aot_impl(mean_id)
-    def _mean_aot(x: trtp.TensorDesc, window: npt.NDArray[np.int32], outputs: Tuple[trtp.TensorDesc],
-                  tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        name, ptx, num_warps, shared = kernels.aot_kernel("mean")
+    def _aot_launch(compiled, x, window, with_channels: bool):
+        """(kernel name, PTX, launch parameters, extra int32 args H, W, kh, kw[, C]) for one plane per program."""
+        name, ptx, num_warps, shared = compiled
         dims = x.shape_expr
         kh, kw = _window_pair(window)
         launch = trtp.KernelLaunchParams()
         launch.grid_x = dims[0] * dims[1]
         launch.block_x = num_warps * 32
         launch.shared_mem = shared
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (dims[2], dims[3], kh, kw)])
+        args = (dims[2], dims[3], kh, kw) + ((dims[1],) if with_channels else ())
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in args])
         return name.encode(), ptx.encode(), launch, extra
+
+    @trtp.aot_impl(mean_id)
+    def _mean_aot(x: trtp.TensorDesc, window: npt.NDArray[np.int32], outputs: Tuple[trtp.TensorDesc],
+                  tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        return _aot_launch(kernels.aot_kernel("mean"), x, window, with_channels=False)
 
     @trtp.aot_impl(norm_id)
     def _norm_aot(x: trtp.TensorDesc, scale: trtp.TensorDesc, bias: trtp.TensorDesc,
                   window: npt.NDArray[np.int32], eps: float, outputs: Tuple[trtp.TensorDesc],
                   tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        name, ptx, num_warps, shared = kernels.aot_kernel("instancenorm", eps=float(eps))
-        dims = x.shape_expr
-        kh, kw = _window_pair(window)
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = dims[0] * dims[1]
-        launch.block_x = num_warps * 32
-        launch.shared_mem = shared
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (dims[2], dims[3], kh, kw, dims[1])])
-        return name.encode(), ptx.encode(), launch, extra
+        return _aot_launch(kernels.aot_kernel("instancenorm", eps=float(eps)), x, window, with_channels=True)
