@@ -268,13 +268,16 @@ class _Checker:
     def _input(self, node: onnx.NodeProto, index: int) -> str:
         return node.input[index] if len(node.input) > index else ""
 
+    def _require_constant_input(self, node: onnx.NodeProto, name: str, index: int, requirement: str) -> None:
+        """Flag an optional input (axes, …) that is present but computed at run time."""
+        tensor = self._input(node, index)
+        if tensor and tensor not in self.consts:
+            self.flag(node, name, f"axes input {tensor!r} is computed at run time; TensorRT {requirement}")
+
     def _check_restrictions(self, node: onnx.NodeProto, name: str, cumsums: list):
         op, attrs = node.op_type, {a.name: a for a in node.attribute}
         if op in _REDUCE_OPS:
-            axes = self._input(node, 1)
-            if axes and axes not in self.consts:
-                self.flag(node, name, f"axes input {axes!r} is computed at run time; TensorRT requires "
-                                      f"`axes` to be an initializer")
+            self._require_constant_input(node, name, 1, "requires `axes` to be an initializer")
         elif op == "CumSum":
             axis_name = self._input(node, 1)
             if axis_name not in self.consts:
@@ -289,10 +292,7 @@ class _Checker:
             reverse = attrs["reverse"].i if "reverse" in attrs else 0
             cumsums.append((node, name, axis, reverse))
         elif op in ("Unsqueeze", "Squeeze"):
-            axes = self._input(node, 1)
-            if axes and axes not in self.consts:
-                self.flag(node, name, f"axes input {axes!r} is computed at run time; TensorRT requires "
-                                      f"`axes` to be resolvable to a constant")
+            self._require_constant_input(node, name, 1, "requires `axes` to be resolvable to a constant")
         elif op in _POOL_OPS:
             kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else []
             dil = list(attrs["dilations"].ints) if "dilations" in attrs else []
@@ -307,15 +307,11 @@ class _Checker:
             if op == "MaxPool" and len(node.output) > 1 and node.output[1] in self.consumed:
                 self.flag(node, name, "the `Indices` output is used; TensorRT does not produce it")
         elif op == "Pad" and self.trt < (10, 4):
-            axes = self._input(node, 3)
-            if axes and axes not in self.consts:
-                self.flag(node, name, f"axes input {axes!r} is computed at run time; TensorRT "
-                                      f"{self.report.trt_version} requires Pad `axes` to be an initializer")
+            self._require_constant_input(node, name, 3, f"{self.report.trt_version} requires Pad `axes` "
+                                                        f"to be an initializer")
         elif op == "Slice" and self.trt < (10, 3):
-            axes = self._input(node, 3)
-            if axes and axes not in self.consts:
-                self.flag(node, name, f"axes input {axes!r} is computed at run time; TensorRT "
-                                      f"{self.report.trt_version} requires Slice `axes` to be an initializer")
+            self._require_constant_input(node, name, 3, f"{self.report.trt_version} requires Slice `axes` "
+                                                        f"to be an initializer")
         elif op == "Dropout":
             train = self._input(node, 2)
             if train:
