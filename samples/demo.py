@@ -19,7 +19,6 @@ sys.path.insert(0, str(ROOT))
 from tlc_export.api import convert, stderr_progress  # noqa: E402
 from tlc_export.load import load_model  # noqa: E402
 from tlc_export.reference import to_local  # noqa: E402
-from tlc_export.runtime import ort_session  # noqa: E402
 
 MODELS = ROOT / "samples" / "models"
 PAIRS = ROOT / "samples" / "pairs"

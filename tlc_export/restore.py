@@ -344,8 +344,8 @@ def resolve_multiple(graph: str | Path, override: int | None = None) -> tuple[in
             m = multiple_from_report(report)
             if m is not None:
                 return m, f"the conversion report {report_path.name}"
-    return DEFAULT_MULTIPLE, (f"the default (no conversion report naming the architecture beside the graph; "
-                              f"pass --multiple N)")
+    return DEFAULT_MULTIPLE, ("the default (no conversion report naming the architecture beside the graph; "
+                              "pass --multiple N)")
 
 
 # ----------------------------------------------------------------------------------------- restore files
