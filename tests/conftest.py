@@ -2,6 +2,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,4 +69,17 @@ def converted_families(tmp_path_factory):
         tlc = convert(ckpt, FAMILY_CALIB, arch=family, arch_kwargs=kwargs)
         glob = convert(ckpt, FAMILY_CALIB, arch=family, arch_kwargs=kwargs, tlc=False)
         out[family] = (model, ckpt, tlc, glob)
+    return out
+
+
+def brute_window_mean(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """Per pixel: the mean of the k1×k2 window starting at clamp(i − ⌊(k−1)/2⌋, 0, n−k), in float64."""
+    h, w = x.shape[-2:]
+    k1, k2 = min(h, kh), min(w, kw)
+    out = np.empty(x.shape, dtype=np.float64)
+    for i in range(h):
+        si = min(max(i - (k1 - 1) // 2, 0), h - k1)
+        for j in range(w):
+            sj = min(max(j - (k2 - 1) // 2, 0), w - k2)
+            out[..., i, j] = x[..., si:si + k1, sj:sj + k2].astype(np.float64).mean(axis=(-2, -1))
     return out

@@ -25,6 +25,8 @@ from tlc_export.runtime import ort_session
 
 CALIB = FAMILY_CALIB
 SIZES = [(1, 3, 48, 64), (2, 3, 40, 56)]   # neither is the export (= calibration) size
+# Large enough that the shallow levels take the prefix-sum box filter and the deep ones the matrix form.
+BOTH_FORMS = (1, 3, 160, 224)
 
 
 def final_output(family, out):
@@ -45,7 +47,7 @@ def test_tlc_graph_matches_eager_reference(converted, family):
     # A module called several times (MPRNet shares stage modules) is one eager op but several nodes.
     assert {r.path for r in table} == {r["module_path"] for r in tlc.report["rewritten"]}
     session = ort_session(tlc.onnx_path)
-    for shape in SIZES:
+    for shape in SIZES + [BOTH_FORMS]:
         x = torch.rand(shape, generator=torch.Generator().manual_seed(shape[2]))
         got = session.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():

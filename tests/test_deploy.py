@@ -83,3 +83,22 @@ def test_engine_build_without_tensorrt_is_one_line(forms, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "TensorRT is not installed" in err[0]
     assert not std.onnx_path.with_suffix(".plan").exists()
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_reduced_precision_of_a_converted_graph(forms, family):
+    """FP16 around FP32 TLC statistics on the converter's own output (its box-filter Ifs included):
+    the If nodes stay float32, ONNX Runtime runs the graph at both box-filter forms, close to FP32."""
+    from tlc_export.build import to_reduced_precision_onnx
+
+    _, _, std, _ = forms[family]
+    reduced = to_reduced_precision_onnx(std.onnx_path, "fp16")
+    ifs = [n for n in reduced.graph.node if n.op_type == "If"]
+    assert ifs and all("/tlc/" in n.name for n in ifs)
+    float32 = {o.name for o in reduced.graph.value_info if o.type.tensor_type.elem_type == 1}
+    assert all(n.output[0] in float32 for n in ifs)
+    fp16, fp32 = ort_session(reduced), ort_session(std.onnx_path)
+    for shape in [(1, 3, 40, 56), (1, 3, 160, 224)]:
+        x = np.random.default_rng(shape[2]).random(shape, dtype=np.float32)
+        got, want = fp16.run(None, {"input": x})[0], fp32.run(None, {"input": x})[0]
+        assert np.abs(got - want).max() <= 2e-2

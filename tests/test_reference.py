@@ -5,20 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import brute_window_mean
 from tlc_export.reference import (LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, local_mean, to_local)
-
-
-def brute_window_mean(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    """Per pixel: the mean of the k1×k2 window starting at clamp(i − ⌊(k−1)/2⌋, 0, n−k), in float64."""
-    h, w = x.shape[-2:]
-    k1, k2 = min(h, kh), min(w, kw)
-    out = np.empty(x.shape, dtype=np.float64)
-    for i in range(h):
-        si = min(max(i - (k1 - 1) // 2, 0), h - k1)
-        for j in range(w):
-            sj = min(max(j - (k2 - 1) // 2, 0), w - k2)
-            out[..., i, j] = x[..., si:si + k1, sj:sj + k2].astype(np.float64).mean(axis=(-2, -1))
-    return out
 
 
 def official_style_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:

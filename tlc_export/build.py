@@ -178,7 +178,7 @@ def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = 
       17/18 a bf16 graph keeps its Convs in FP32; with ``respect_opset=False`` the op's newest schema
       decides instead — what TensorRT accepts (its parser checks its own type table, not ONNX's
       opset), at the price of a graph ``onnx.checker`` and ONNX Runtime may reject.
-    Graphs with control flow (If/Loop/Scan) are refused. Value info is recomputed by shape inference.
+    Other control flow (If/Loop/Scan outside the TLC subgraphs) is refused. Value info is recomputed by shape inference.
     """
     rtype = _reduced_type(dtype)
     rstr = _TYPE_STR[rtype]
@@ -194,9 +194,13 @@ def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = 
     if rtype == TensorProto.BFLOAT16 and opsets.get("", 0) < 13:
         raise UserError("bf16 needs ONNX opset >= 13 (Cast to bfloat16); re-export with a newer opset")
     for node in g.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        # The TLC box filter's If stays FP32 whole; the float tensors its branches read from the outer
+        # graph are outputs of TLC nodes (FP32 islands), so no Cast is missing inside.
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) \
+                and not is_tlc_node(node, plugin_ops):
             raise UserError(f"node {node.name or node.op_type!r} has a subgraph (control flow); "
-                            f"to_reduced_precision_onnx handles straight-line graphs only")
+                            f"to_reduced_precision_onnx handles straight-line graphs only (apart from "
+                            f"the converter's own TLC nodes)")
 
     etype, _ = infer_tensor_types(m, plugin_ops)
     FLOAT = TensorProto.FLOAT

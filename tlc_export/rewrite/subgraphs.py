@@ -3,8 +3,9 @@
 Built with onnx-graphsurgeon's ``graph.layer``. Every window is clamped at run time (k = min(size, kh)),
 so one graph serves every input size; when the window covers the map the result equals the global op.
 
-Box-filter form ("cumsum"): along H, a CumSum then the difference of two Slices of the zero-led prefix
-sum gives the h−k1+1 valid window sums; a Transpose puts W on axis 2 and the same is done along W (so
+Box-filter forms, picked per op at run time by an If (see ``MATMUL_MAX_SPAN``). Small maps: two
+banded-matrix MatMuls. Large maps ("cumsum"): along H, a CumSum then the difference of the prefix sums k1
+rows apart gives the h−k1+1 valid window sums; a Transpose puts W on axis 2 and the same is done along W (so
 every CumSum in the graph runs on the same axis: TensorRT ≥ 10.8 computes CumSums on *different* axes of
 one network as if on one axis, onnx-tensorrt#1034); a second Transpose restores the layout, one Mul scales
 by 1/(k1·k2) and one edge Pad restores h×w with TLC's split (top/left ⌊(k−1)/2⌋). Cost O(h·w) whatever
@@ -55,16 +56,16 @@ class Builder:
 
 
 def _valid_box_sum_axis2(b: Builder, x: gs.Tensor, n: gs.Tensor, k: gs.Tensor) -> gs.Variable:
-    """Sums of every length-k run along axis 2 of ``x`` (n−k+1 of them), via a zero-led CumSum.
+    """Sums of every length-k run along axis 2 of ``x`` (n−k+1 of them), from one inclusive CumSum C:
+    run i sums to C[i+k−1] − C[i−1] with C[−1] = 0. The shifted operand is one Pad with a negative end
+    (one zero row in front, the last k rows dropped): a copy of n−k+1 rows instead of padding all n.
 
     Axis 2 on purpose: ONNX Runtime's CPU CumSum adds whole rows along axis 2 (as fast as an Add)
     but walks element by element along the last axis (about 5x slower)."""
     cums = b.op("CumSum", [x, b.const(2)])
-    lead = b.op("Pad", [cums, b.const([0, 0, 1, 0, 0, 0, 0, 0])], {"mode": "constant"})
-    n_valid = b.op("Add", [b.op("Sub", [n, k]), b.const([1])])
-    axis = b.const([2])
-    hi = b.op("Slice", [lead, k, b.op("Add", [n, b.const([1])]), axis])
-    lo = b.op("Slice", [lead, b.const([0]), n_valid, axis])
+    hi = b.op("Slice", [cums, b.op("Sub", [k, b.const([1])]), n, b.const([2])])
+    shift = b.op("Concat", [b.const([0, 0, 1, 0, 0, 0]), b.op("Neg", [k]), b.const([0])], {"axis": 0})
+    lo = b.op("Pad", [cums, shift], {"mode": "constant"})
     return b.op("Sub", [hi, lo])
 
 
