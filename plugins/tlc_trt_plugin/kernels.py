@@ -17,8 +17,10 @@ Scheme: one program per (n, c) plane, O(h·w) work whatever the window.
   it can live in the output itself: row h−1 (and h−2 for the second moment), which are emitted
   last. This is what the TensorRT plugin does (a QDP has no workspace); the torch launchers use a
   separate fp32 scratch buffer when the output is not fp32.
-* Everything accumulates in fp32 on x − x[n, c, 0, 0] (a per-plane shift that keeps running sums
-  small); a clamped window of 1 along an axis skips the running sum there (exact, so a 1×1 instance
+* Everything accumulates in fp32 on x − s, s the mean of every 8th row and column of the plane (a
+  per-plane shift near the plane's mean: the running sums stay small and E[x'²] − E[x']² does not
+  cancel; shifting by the first pixel instead lost digits wherever the plane's level differs from its
+  corner, e.g. flat regions of real photos); a clamped window of 1 along an axis skips the running sum there (exact, so a 1×1 instance
   norm gives exactly ``bias``). Where the local variance is ≲ eps (tiny windows), y = (x − μ)·rstd
   amplifies the float32 rounding of μ and σ² by up to 1/√eps, as for any float32 implementation.
 * Per output row: two horizontal passes (row entering and row leaving the window) of O(w + k2) each;
@@ -51,6 +53,19 @@ def _row_head(row_ptr, n, shift, BLOCK: tl.constexpr, MOMENTS: tl.constexpr):
         if MOMENTS == 2:
             s2 += tl.sum(v * v, 0)
     return s1, s2
+
+
+@triton.jit
+def _plane_shift(xp, H, W, BLOCK: tl.constexpr):
+    """Mean of the plane's every 8th row and column (1/64 of the reads of one pass)."""
+    total = tl.sum(tl.zeros([BLOCK], dtype=tl.float32), 0)
+    n_cols = (W + 7) // 8
+    for r in range(0, H, 8):
+        for j0 in range(0, n_cols, BLOCK):
+            j = j0 + tl.arange(0, BLOCK)
+            m = j < n_cols
+            total += tl.sum(tl.load(xp + r * W + j * 8, mask=m, other=0.0).to(tl.float32), 0)
+    return total / (((H + 7) // 8) * n_cols).to(tl.float32)
 
 
 @triton.jit
@@ -97,7 +112,8 @@ def _tlc_plane(X, SCALE, BIAS, Y, SCR, H, W, KH, KW, C,
     a = (k1 - 1) // 2
     b = (k2 - 1) // 2
     inv_area = 1.0 / (k1 * k2).to(tl.float32)
-    shift = tl.load(xp).to(tl.float32)
+    # A 1×1 window needs no shift, and without one its mean is x itself, bit for bit.
+    shift = tl.where(k1 * k2 == 1, 0.0, _plane_shift(xp, H, W, BLOCK))
     if MOMENTS == 2:
         ch = p % C
         gamma = tl.load(SCALE + ch).to(tl.float32)
