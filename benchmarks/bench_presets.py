@@ -31,7 +31,8 @@ def render(entries: list[dict]) -> None:
     lines = ["# TLC latency benchmark", "",
              f"Machine: {machine_description()}. ONNX Runtime CPU and PyTorch CPU; medians of interleaved runs "
              "(one run of each contender per round); random weights (timing does not depend on them). "
-             "Ratios are to the global ONNX graph of the same preset at the same size.", ""]
+             "Ratios are to the global ONNX graph of the same preset at the same size. "
+             "Where the TLC graph's extra time goes, and the floor for exact TLC: [ANALYSIS.md](ANALYSIS.md).", ""]
     for entry in entries:
         lines += [f"## {entry['model']}", "",
                   f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
