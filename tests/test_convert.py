@@ -289,3 +289,27 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("box_filter", ["cumsum", "matmul"])
+@pytest.mark.parametrize("family", ["hinet", "nafnet"])
+def test_fixed_box_filter_form_has_no_if_and_matches(converted_families, tmp_path, capsys, family, box_filter):
+    """--box-filter cumsum|matmul: one form everywhere, no If node (straight-line graphs for runtimes that
+    prefer them), still exact at every size."""
+    model, ckpt, _, _ = converted_families[family]
+    out = tmp_path / f"{family}.{box_filter}.onnx"
+    assert main([str(ckpt), "--calib", "x".join(map(str, CALIB)), "--arch", family, "--arch-kwargs",
+                 json.dumps(SMALL[family]), "--box-filter", box_filter, "-o", str(out)]) == 0
+    graph = onnx.load(str(out))
+    assert not [n for n in graph.graph.node if n.op_type == "If"]
+    assert {"cumsum": "CumSum", "matmul": "MatMul"}[box_filter] in {n.op_type for n in graph.graph.node}
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["box_filter"] == box_filter
+    assert {r["implementation"] for r in report["rewritten"]} == {f"boxfilter-{box_filter}"}
+    local, _ = to_local(copy.deepcopy(model), CALIB)
+    session = ort_session(out)
+    for shape in [SIZES[1], BOTH_FORMS]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(shape[3]))
+        with torch.no_grad():
+            want = final_output(family, local(x)).numpy()
+        assert np.abs(session.run(None, {"input": x.numpy()})[0] - want).max() <= 1e-5, shape

@@ -24,6 +24,7 @@ from .export import export_onnx
 from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
 from .load import LoadedModel, load_model
 from .rewrite import RewriteRecord, find_global_ops, localize
+from .rewrite.subgraphs import BOX_FILTERS
 
 DEFAULT_OPSET = 17
 IMPLEMENTATIONS = ("standard", "plugin")
@@ -129,7 +130,8 @@ def _known_module_path(path: str, known: set[str]) -> str:
 
 
 def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
-                   module_prefix: str = "", known_paths: set[str] = frozenset()) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+                   module_prefix: str = "", known_paths: set[str] = frozenset(),
+                   box_filter: str = "auto") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
     """The rewrite stage on its own: find, calibrate and localise every global op of ``model``."""
     graph = import_graph(model)
     ops = find_global_ops(graph)
@@ -140,9 +142,9 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
     if impl == "plugin":
         from .rewrite.plugin_nodes import add_plugin_opset, localize_plugin
 
-        records = localize_plugin(graph, ops, windows, opset)
+        records = localize_plugin(graph, ops, windows, opset, box_filter)
     else:
-        records = localize(graph, ops, windows, opset)
+        records = localize(graph, ops, windows, opset, box_filter)
     out = gs.export_onnx(graph)
     if impl == "plugin":
         add_plugin_opset(out)
@@ -195,7 +197,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
             arch_kwargs: dict | None = None, output: str | Path | None = None,
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
             opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
-            trust_pickle: bool = False, impl: str = "standard",
+            trust_pickle: bool = False, impl: str = "standard", box_filter: str = "auto",
             progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
@@ -206,6 +208,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         input_shape = parse_input_shape(input_shape)
     if impl not in IMPLEMENTATIONS:
         raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    if box_filter not in BOX_FILTERS:
+        raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
     if opset < 17:
         raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
     in_memory = not isinstance(model, (str, Path))
@@ -246,7 +250,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
         graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
-                                              known_paths={t["path"] for t in traced})
+                                              known_paths={t["path"] for t in traced}, box_filter=box_filter)
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)
@@ -260,7 +264,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
         "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
         "input_multiple": loaded.input_multiple if loaded.module is not None else None,
-        "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None, "dynamic": not static,
+        "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None,
+        "box_filter": box_filter if tlc else None, "dynamic": not static,
         "opset": next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": _io_table(v for v in graph_model.graph.input
                             if v.name not in {i.name for i in graph_model.graph.initializer}),

@@ -42,6 +42,10 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tlc", action="store_true", help="export the unchanged global model the same way")
     p.add_argument("--impl", default="standard", choices=["standard", "plugin"],
                    help="standard-op subgraphs (default) or one custom node per op (TensorRT plugin)")
+    p.add_argument("--box-filter", default="auto", choices=["auto", "cumsum", "matmul"],
+                   help="standard-op box filter: chosen per op at run time by the map size (auto, default), "
+                        "or one form everywhere with no If node (cumsum: prefix sums; matmul: banded matrices, "
+                        "fast on small maps only)")
     p.add_argument("--report", help="JSON report path (default: beside the output)")
     p.add_argument("--triton-repo", metavar="DIR",
                    help="also write a Triton Inference Server model repository (ONNX Runtime backend) to DIR")
@@ -70,6 +74,7 @@ def run_convert(argv: list[str]) -> int:
         result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
                          tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
+                         box_filter=args.box_filter,
                          progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)

@@ -34,12 +34,15 @@ def detach(op: GlobalOp) -> None:
         node.inputs.clear()
 
 
-def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int) -> list[RewriteRecord]:
-    """Replace ``ops`` in ``graph`` (in place) by their local subgraphs; returns what was done."""
+def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int,
+             box_filter: str = "auto") -> list[RewriteRecord]:
+    """Replace ``ops`` in ``graph`` (in place) by their local subgraphs; returns what was done.
+    ``box_filter``: see ``subgraphs.BOX_FILTERS``."""
     records = []
+    implementation = IMPLEMENTATION if box_filter == "auto" else f"{IMPLEMENTATION}-{box_filter}"
     for op in ops:
         window = windows[op.name]
-        b = subgraphs.Builder(graph, f"{op.name}/tlc", opset)
+        b = subgraphs.Builder(graph, f"{op.name}/tlc", opset, box_filter)
         if op.kind == "attention":  # the region stays: it is fed the windows of its qkv map
             attention.local_transposed_attention(b, op, window)
             records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window),
@@ -61,7 +64,7 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
                              b.op("Unsqueeze", [bias, axes])], outputs=[op.output])
         else:  # pragma: no cover - patterns only yields the kinds above
             raise AssertionError(op.kind)
-        records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), IMPLEMENTATION))
+        records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), implementation))
     forget_intermediate_shapes(graph)
     graph.cleanup().toposort()
     return records

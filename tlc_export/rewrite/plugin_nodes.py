@@ -50,11 +50,11 @@ SUBGRAPH_ONLY = ("groupnorm", "attention")
 
 
 def localize_plugin(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int,
-                    aot: bool | None = None) -> list[RewriteRecord]:
+                    box_filter: str = "auto", aot: bool | None = None) -> list[RewriteRecord]:
     """Replace ``ops`` in ``graph`` (in place) by plugin nodes (group norms and Restormer attention,
-    which have no plugin, by standard subgraphs)."""
+    which have no plugin, by standard subgraphs with ``box_filter``)."""
     fallback = [op for op in ops if op.kind in SUBGRAPH_ONLY]
-    done = {r.onnx_name: r for r in localize(graph, fallback, windows, opset)} if fallback else {}
+    done = {r.onnx_name: r for r in localize(graph, fallback, windows, opset, box_filter)} if fallback else {}
     records = []
     for op in ops:
         if op.kind in SUBGRAPH_ONLY:

@@ -17,15 +17,21 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 Window = tuple[int, int]
+# "auto": an If picks the form per op at run time (MATMUL_MAX_SPAN); "cumsum" / "matmul" emit one form and
+# no If (for runtimes that prefer straight-line graphs; "matmul" costs O(h·w·(h'+w')) on large maps).
+BOX_FILTERS = ("auto", "cumsum", "matmul")
 
 
 class Builder:
     """Adds named nodes to a gs graph; every tensor and node name starts with ``prefix``."""
 
-    def __init__(self, graph: gs.Graph, prefix: str, opset: int):
+    def __init__(self, graph: gs.Graph, prefix: str, opset: int, box_filter: str = "auto"):
+        if box_filter not in BOX_FILTERS:
+            raise ValueError(f"box filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
         self.graph = graph
         self.prefix = prefix
         self.opset = opset
+        self.box_filter = box_filter
         self._count = 0
 
     def _name(self, what: str) -> str:
@@ -113,14 +119,14 @@ def _valid_mean_by_cumsum(b: Builder, x: gs.Tensor, h, w, k1, k2) -> gs.Variable
 
 def _branch(b: Builder, name: str) -> Builder:
     """A Builder for an If branch: a subgraph whose nodes may read the outer graph's tensors."""
-    return Builder(gs.Graph(name=f"{b.prefix}/{name}", opset=b.opset), f"{b.prefix}/{name}", b.opset)
+    return Builder(gs.Graph(name=f"{b.prefix}/{name}", opset=b.opset), f"{b.prefix}/{name}", b.opset, b.box_filter)
 
 
 def valid_local_mean(b: Builder, x: gs.Tensor, window: Window):
     """The (h−k1+1)×(w−k2+1) stride-1 window means of ``x`` and the run-time (k1, k2).
 
-    An If picks the banded-matrix form for small maps, the prefix-sum form otherwise (see
-    MATMUL_MAX_SPAN); both are exact, in float32."""
+    With ``b.box_filter == "auto"`` an If picks the banded-matrix form for small maps and the prefix-sum
+    form otherwise (see MATMUL_MAX_SPAN); both are exact, in float32."""
     # An Identity gives the branches one outer tensor to read; a reduced-precision pass casts at its input
     # (If branches read outer tensors implicitly, which no Cast would otherwise reach).
     x = b.op("Identity", [x])
@@ -128,6 +134,10 @@ def valid_local_mean(b: Builder, x: gs.Tensor, window: Window):
     one = b.const([1])
     n_h = b.op("Add", [b.op("Sub", [h, k1]), one])
     n_w = b.op("Add", [b.op("Sub", [w, k2]), one])
+    if b.box_filter == "matmul":
+        return _valid_mean_by_matmul(b, x, h, w, k1, k2, n_h, n_w), k1, k2
+    if b.box_filter == "cumsum":
+        return _valid_mean_by_cumsum(b, x, h, w, k1, k2), k1, k2
     small = b.op("LessOrEqual", [b.op("Add", [n_h, n_w]), b.const([MATMUL_MAX_SPAN])])
     branches = {}
     for name in ("matmul", "cumsum"):
