@@ -185,33 +185,47 @@ def _conditioning_shift(b: Builder, x: gs.Tensor) -> gs.Variable:
     return b.reduce_mean(b.reduce_mean(sub, [3]), [2])
 
 
-def local_moments(b: Builder, x: gs.Tensor, window: Window):
-    """Shifted input x' = x − shift (see ``_conditioning_shift``), its local mean and variance (h×w).
-
-    E[x'] and E[x'²] share one box filter (channels concatenated), so the map is scanned once."""
+def _valid_moments(b: Builder, x: gs.Tensor, window: Window):
+    """x' = x − shift (see ``_conditioning_shift``) and, on the valid (h−k1+1)×(w−k2+1) map, the local
+    means of x' and x'² (one box filter over both: channels concatenated, the map is scanned once) and
+    the local variance; plus the pads that restore h×w and a [C, C] split of 2C channels."""
     shifted = b.op("Sub", [x, _conditioning_shift(b, x)])
     both = b.op("Concat", [shifted, b.op("Mul", [shifted, shifted])], {"axis": 1})
-    means = local_mean(b, both, window)
+    valid, k1, k2 = valid_local_mean(b, both, window)
     channels = b.dim(x, 1)
     halves = b.op("Concat", [channels, channels], {"axis": 0})
-    mean, second = b.op("Split", [means, halves], {"axis": 1}, n_out=2)
+    mean, second = b.op("Split", [valid, halves], {"axis": 1}, n_out=2)
     var = b.op("Sub", [second, b.op("Mul", [mean, mean])])
+    return shifted, mean, var, tlc_pads(b, k1, k2), halves
+
+
+def local_moments(b: Builder, x: gs.Tensor, window: Window):
+    """Shifted input x' = x − shift (see ``_conditioning_shift``), its local mean and variance (h×w)."""
+    shifted, mean, var, pads, halves = _valid_moments(b, x, window)
+    both = replicate_pad(b, b.op("Concat", [mean, var], {"axis": 1}), pads)
+    mean, var = b.op("Split", [both, halves], {"axis": 1}, n_out=2)
     return shifted, mean, var
 
 
 def local_instance_norm(b: Builder, x: gs.Tensor, window: Window, eps: float,
                         scale: gs.Tensor | None, bias: gs.Tensor | None,
                         output: gs.Tensor | None = None) -> gs.Tensor:
-    """(x − μ)/√(σ² + eps)·scale + bias with local μ, σ² (scale/bias per channel, shape [C])."""
-    shifted, mean, var = local_moments(b, x, window)
-    inv_std = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const([eps], np.float32)])])])
-    normed = b.op("Mul", [b.op("Sub", [shifted, mean]), inv_std])
-    if scale is None:
-        return b.op("Identity", [normed], outputs=[output] if output is not None else None)
+    """(x − μ)/√(σ² + eps)·scale + bias with local μ, σ² (scale/bias per channel, shape [C]).
+
+    μ and scale/√(σ² + eps) are computed on the valid map and padded together (per-pixel functions
+    commute with replicate padding), so only (x' − μ)·a + bias runs on the full map."""
+    shifted, mean, var, pads, halves = _valid_moments(b, x, window)
+    coeff = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const([eps], np.float32)])])])
     axes = b.const([0, 2, 3])
-    scale4 = b.op("Unsqueeze", [scale, axes])
-    bias4 = b.op("Unsqueeze", [bias, axes])
-    return b.op("Add", [b.op("Mul", [normed, scale4]), bias4], outputs=[output] if output is not None else None)
+    if scale is not None:
+        coeff = b.op("Mul", [coeff, b.op("Unsqueeze", [scale, axes])])
+    both = replicate_pad(b, b.op("Concat", [mean, coeff], {"axis": 1}), pads)
+    mean, coeff = b.op("Split", [both, halves], {"axis": 1}, n_out=2)
+    normed = b.op("Mul", [b.op("Sub", [shifted, mean]), coeff],
+                  outputs=[output] if output is not None and scale is None else None)
+    if scale is None:
+        return normed
+    return b.op("Add", [normed, b.op("Unsqueeze", [bias, axes])], outputs=[output] if output is not None else None)
 
 
 def local_group_norm(b: Builder, x: gs.Tensor, window: Window, groups: int, eps: float,
