@@ -201,26 +201,25 @@ def _convert(model: nn.Module, calib):
     return local.eval()
 
 
-def test_to_local_large_calib_equals_global():
+def _global_and_local_outputs(calib):
+    """(x, global outputs, TLC outputs) of the tiny float64 MPRNet converted at ``calib``."""
     _to_local()  # skips early when the reference is missing
     model = _randomize(mprnet.MPRNet(bias=True, **TINY), seed=1).double().eval()
     x = torch.randn(1, 3, *INPUT_HW, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = model(x)
-        local = _convert(model, CALIB_LARGE)
-        out = local(x)
+        out = _convert(model, calib)(x)
+    return x, ref, out
+
+
+def test_to_local_large_calib_equals_global():
+    _, ref, out = _global_and_local_outputs(CALIB_LARGE)
     for r, o in zip(ref, out):
         assert (r - o).abs().max().item() <= 1e-6
 
 
 def test_to_local_small_calib_differs():
-    _to_local()  # skips early when the reference is missing
-    model = _randomize(mprnet.MPRNet(bias=True, **TINY), seed=1).double().eval()
-    x = torch.randn(1, 3, *INPUT_HW, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = model(x)
-        local = _convert(model, CALIB_SMALL)
-        out = local(x)
+    x, ref, out = _global_and_local_outputs(CALIB_SMALL)
     for o in out:
         assert o.shape == x.shape and torch.isfinite(o).all()
     assert (ref[0] - out[0]).abs().max().item() > 1e-4

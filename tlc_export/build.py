@@ -178,7 +178,8 @@ def to_reduced_precision_onnx(model: onnx.ModelProto | str | Path, dtype: str = 
       17/18 a bf16 graph keeps its Convs in FP32; with ``respect_opset=False`` the op's newest schema
       decides instead — what TensorRT accepts (its parser checks its own type table, not ONNX's
       opset), at the price of a graph ``onnx.checker`` and ONNX Runtime may reject.
-    Other control flow (If/Loop/Scan outside the TLC subgraphs) is refused. Value info is recomputed by shape inference.
+    Other control flow (If/Loop/Scan outside the TLC subgraphs) is refused. Value info is recomputed
+    by shape inference.
     """
     rtype = _reduced_type(dtype)
     rstr = _TYPE_STR[rtype]

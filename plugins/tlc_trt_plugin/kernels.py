@@ -20,9 +20,10 @@ Scheme: one program per (n, c) plane, O(h·w) work whatever the window.
 * Everything accumulates in fp32 on x − s, s the mean of every 8th row and column of the plane (a
   per-plane shift near the plane's mean: the running sums stay small and E[x'²] − E[x']² does not
   cancel; shifting by the first pixel instead lost digits wherever the plane's level differs from its
-  corner, e.g. flat regions of real photos); a clamped window of 1 along an axis skips the running sum there (exact, so a 1×1 instance
-  norm gives exactly ``bias``). Where the local variance is ≲ eps (tiny windows), y = (x − μ)·rstd
-  amplifies the float32 rounding of μ and σ² by up to 1/√eps, as for any float32 implementation.
+  corner, e.g. flat regions of real photos; a 1×1 window uses no shift); a clamped window of 1 along an
+  axis skips the running sum there (exact, so a 1×1 instance norm gives exactly ``bias``). Where the
+  local variance is ≲ eps (tiny windows), y = (x − μ)·rstd amplifies the float32 rounding of μ and σ² by
+  up to 1/√eps, as for any float32 implementation.
 * Per output row: two horizontal passes (row entering and row leaving the window) of O(w + k2) each;
   the first window costs O(k1·w) once. Parallelism is one CTA per plane (N·C programs).
 

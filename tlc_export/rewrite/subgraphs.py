@@ -3,13 +3,14 @@
 Built with onnx-graphsurgeon's ``graph.layer``. Every window is clamped at run time (k = min(size, kh)),
 so one graph serves every input size; when the window covers the map the result equals the global op.
 
-Box-filter forms, picked per op at run time by an If (see ``MATMUL_MAX_SPAN``). Small maps: two
-banded-matrix MatMuls. Large maps ("cumsum"): along H, a CumSum then the difference of the prefix sums k1
-rows apart gives the h−k1+1 valid window sums; a Transpose puts W on axis 2 and the same is done along W (so
-every CumSum in the graph runs on the same axis: TensorRT ≥ 10.8 computes CumSums on *different* axes of
-one network as if on one axis, onnx-tensorrt#1034); a second Transpose restores the layout, one Mul scales
-by 1/(k1·k2) and one edge Pad restores h×w with TLC's split (top/left ⌊(k−1)/2⌋). Cost O(h·w) whatever
-the window; everything accumulates in float32.
+Box-filter forms, picked per op at run time by an If (see ``MATMUL_MAX_SPAN``), or fixed by
+``Builder.box_filter`` (``BOX_FILTERS``). Small maps: two banded-matrix MatMuls. Large maps ("cumsum"):
+along H, a CumSum then the difference of the prefix sums k1 rows apart gives the h−k1+1 valid window
+sums; a Transpose puts W on axis 2 and the same is done along W (so every CumSum in the graph runs on
+the same axis: TensorRT ≥ 10.8 computes CumSums on *different* axes of one network as if on one axis,
+onnx-tensorrt#1034); a second Transpose restores the layout, one Div scales by 1/(k1·k2) and one edge
+Pad restores h×w with TLC's split (top/left ⌊(k−1)/2⌋). Cost O(h·w) whatever the window; everything
+accumulates in float32.
 """
 from __future__ import annotations
 
