@@ -8,6 +8,9 @@ Three passes, each a function from module to module:
    a spatial ``mean(..., keepdim=True)``, torch.fx rewrites those calls into ``LocalAvgPool2d`` submodules.
 3. ``calibrate``: one forward pass on a calib-sized input; every local op records the spatial size of its
    input as its window.
+With ``fast=True``, local means and instance norms then also record the official fast mode's ``max_r``
+(``fast.max_factor``); group norms (no official fast mode) and attention (whose official fast flag
+changes nothing) stay exact.
 """
 from __future__ import annotations
 
@@ -21,19 +24,24 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .fast import max_factor
 from .norm import LocalGroupNorm, LocalInstanceNorm2d
 from .pooling import LocalAvgPool2d
+
+FAST_KINDS = ("avgpool", "instancenorm")
 
 _ATTENTION_ATTRS = ("num_heads", "temperature", "qkv", "qkv_dwconv", "project_out")
 
 
 @dataclass(frozen=True)
 class LocalOpRecord:
-    """One converted global op: where it lives, what it was, and its calibrated window (kh, kw)."""
+    """One converted global op: where it lives, what it was, its calibrated window (kh, kw) and, in fast
+    mode, its subsampling cap ``max_r`` per axis (None: exact)."""
 
     path: str
     kind: str
     window: tuple[int, int] | None
+    max_r: tuple[int, int] | None = None
 
 
 def _is_transposed_attention(module: nn.Module) -> bool:
@@ -208,7 +216,7 @@ def local_ops(model: nn.Module) -> list[LocalOpRecord]:
         if kind is None or not hasattr(m, "window") or id(m) in seen:
             continue
         seen.add(id(m))
-        records.append(LocalOpRecord(path, kind, m.window))
+        records.append(LocalOpRecord(path, kind, m.window, getattr(m, "max_r", None)))
     return records
 
 
@@ -235,6 +243,17 @@ def _reset_windows(model: nn.Module) -> None:
     for m in model.modules():
         if getattr(m, "kind", None) is not None and hasattr(m, "window"):
             m.window = None
+            if getattr(m, "max_r", None) is not None:
+                m.max_r = None
+
+
+def set_fast(model: nn.Module, calib: tuple[int, int]) -> nn.Module:
+    """Switch the calibrated local means and instance norms of ``model`` to the official fast mode:
+    each records ``max_r`` from its window and the calibration size ``calib``."""
+    for m in model.modules():
+        if getattr(m, "kind", None) in FAST_KINDS and getattr(m, "window", None) is not None:
+            m.max_r = (max_factor(m.window[0], calib[0]), max_factor(m.window[1], calib[1]))
+    return model
 
 
 @torch.no_grad()
@@ -272,8 +291,10 @@ def calibrate(model: nn.Module, calib: tuple[int, int], example_input: torch.Ten
 
 
 def to_local(model: nn.Module, calib: tuple[int, int] | int,
-             example_input: torch.Tensor | None = None) -> tuple[nn.Module, list[LocalOpRecord]]:
-    """Convert ``model`` to TLC (in place where possible) and calibrate on a ``calib`` = (H, W) input.
+             example_input: torch.Tensor | None = None, fast: bool = False) -> tuple[nn.Module, list[LocalOpRecord]]:
+    """Convert ``model`` to TLC (in place where possible) and calibrate on a ``calib`` = (H, W) input
+    (or on ``example_input``, whose size then is the calibration size). ``fast``: the official
+    approximate TLC (``fast_imp``, see ``fast``) for local means and instance norms.
 
     Returns the converted model (a new object only when the root itself had to be replaced) and the
     table of converted ops.
@@ -286,4 +307,6 @@ def to_local(model: nn.Module, calib: tuple[int, int] | int,
     model = replace_global_modules(model)
     model = replace_functional_means(model)
     calibrate(model, calib, example_input)
+    if fast:
+        set_fast(model, tuple(example_input.shape[-2:]) if example_input is not None else calib)
     return model, local_ops(model)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pooling import Window, local_mean
+from .pooling import Window, window_mean
 
 
-def _local_moments(x: torch.Tensor, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local mean and local (biased) variance of ``x``, both computed in float64."""
+def _local_moments(x: torch.Tensor, window: Window, max_r=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local mean and local (biased) variance of ``x``, both computed in float64; with ``max_r`` both
+    moments use the fast pooling (as the official local instance norm in fast mode does)."""
     x64 = x.to(torch.float64)
-    mean = local_mean(x64, window)
-    var = local_mean(x64 * x64, window) - mean * mean
+    mean = window_mean(x64, window, max_r)
+    var = window_mean(x64 * x64, window, max_r) - mean * mean
     return mean, var
 
 
@@ -28,9 +29,11 @@ def _normalise(x, mean, var, eps, weight, bias) -> torch.Tensor:
 
 
 class LocalInstanceNorm2d(nn.Module):
-    """Replaces ``nn.InstanceNorm2d`` (instance statistics, i.e. not ``track_running_stats``)."""
+    """Replaces ``nn.InstanceNorm2d`` (instance statistics, i.e. not ``track_running_stats``); ``max_r``
+    (per axis) selects fast mode."""
 
     kind = "instancenorm"
+    max_r: tuple[int, int] | None = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False,
                  window: Window | None = None):
@@ -54,12 +57,13 @@ class LocalInstanceNorm2d(nn.Module):
         return local
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}, window={self.window}"
+        fast = f", max_r={self.max_r}" if self.max_r is not None else ""
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}, window={self.window}{fast}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.window is None:
             self.window = tuple(x.shape[-2:])
-        mean, var = _local_moments(x, self.window)
+        mean, var = _local_moments(x, self.window, self.max_r)
         return _normalise(x, mean, var, self.eps, self.weight, self.bias)
 
 
