@@ -24,11 +24,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import max_factor
+from ..fast_rules import FAST_KINDS, max_factors
 from .norm import LocalGroupNorm, LocalInstanceNorm2d
 from .pooling import LocalAvgPool2d
 
-FAST_KINDS = ("avgpool", "instancenorm")
 
 _ATTENTION_ATTRS = ("num_heads", "temperature", "qkv", "qkv_dwconv", "project_out")
 
@@ -252,7 +251,7 @@ def set_fast(model: nn.Module, calib: tuple[int, int]) -> nn.Module:
     each records ``max_r`` from its window and the calibration size ``calib``."""
     for m in model.modules():
         if getattr(m, "kind", None) in FAST_KINDS and getattr(m, "window", None) is not None:
-            m.max_r = (max_factor(m.window[0], calib[0]), max_factor(m.window[1], calib[1]))
+            m.max_r = max_factors(m.window, calib)
     return model
 
 

@@ -12,7 +12,7 @@ map (``fast_layout``):
   neighbour (each repeated r times) and replicate-padded to h×w with exact TLC's floor/ceil split.
 
 Averaging samples j+1 … j+k of the subsampled map is the exact stride-1 box mean of the subsampled map
-without its first sample, which is how it is computed here (``pooling.valid_box_mean``), in float64.
+without its first sample, which is how it is computed here (``boxes.valid_box_mean``), in float64.
 """
 from __future__ import annotations
 
@@ -20,19 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..fast_rules import FACTORS, max_factor, subsampling_factor
 from .boxes import Window, replicate_pad_to, valid_box_mean
 
-FACTORS = (5, 4, 3, 2, 1)
-
-
-def max_factor(map_size: int, calib_size: int) -> int:
-    """The official ``max_r`` of one axis: the op's downsampling factor seen by 5-fold subsampling."""
-    return max(1, FACTORS[0] * int(map_size) // int(calib_size))
-
-
-def subsampling_factor(size: int, max_r: int) -> int:
-    """The first of 5, 4, 3, 2, 1 dividing ``size``, capped at ``max_r`` (the cap need not divide)."""
-    return min(int(max_r), next(r for r in FACTORS if size % r == 0))
+__all__ = ["FACTORS", "FastLayout", "fast_layout", "fast_local_mean", "fast_valid_mean", "max_factor",
+           "subsampling_factor", "upsample_and_pad"]
 
 
 @dataclass(frozen=True)

@@ -132,13 +132,19 @@ def valid_local_mean(b: Builder, x: gs.Tensor, window: Window):
     # (If branches read outer tensors implicitly, which no Cast would otherwise reach).
     x = b.op("Identity", [x])
     h, w, k1, k2 = clamped_window(b, x, window)
+    return valid_box_mean(b, x, h, w, k1, k2), k1, k2
+
+
+def valid_box_mean(b: Builder, x: gs.Tensor, h, w, k1, k2) -> gs.Variable:
+    """The (h−k1+1)×(w−k2+1) stride-1 means of ``x`` (N, C, h, w) for run-time k1 ≤ h, k2 ≤ w (1-D int64
+    tensors, as h and w); the form as ``valid_local_mean``. ``x`` must be one tensor the If branches can read."""
     one = b.const([1])
     n_h = b.op("Add", [b.op("Sub", [h, k1]), one])
     n_w = b.op("Add", [b.op("Sub", [w, k2]), one])
     if b.box_filter == "matmul":
-        return _valid_mean_by_matmul(b, x, h, w, k1, k2, n_h, n_w), k1, k2
+        return _valid_mean_by_matmul(b, x, h, w, k1, k2, n_h, n_w)
     if b.box_filter == "cumsum":
-        return _valid_mean_by_cumsum(b, x, h, w, k1, k2), k1, k2
+        return _valid_mean_by_cumsum(b, x, h, w, k1, k2)
     small = b.op("LessOrEqual", [b.op("Add", [n_h, n_w]), b.const([MATMUL_MAX_SPAN])])
     branches = {}
     for name in ("matmul", "cumsum"):
@@ -150,7 +156,7 @@ def valid_local_mean(b: Builder, x: gs.Tensor, window: Window):
         branches[name] = sub.graph
     mean = b.op("If", [small], {"then_branch": branches["matmul"], "else_branch": branches["cumsum"]})
     mean.dtype = np.float32
-    return mean, k1, k2
+    return mean
 
 
 def tlc_pads(b: Builder, k1: gs.Tensor, k2: gs.Tensor) -> gs.Variable:
