@@ -66,3 +66,67 @@ def test_fast_local_instance_norm_graph_matches_brute_force():
         var = brute_fast_mean(x64 * x64, window, max_r) - mu ** 2
         want = (x64 - mu) / np.sqrt(var + eps) * scale[:, None, None] + bias[:, None, None]
         assert np.abs(session.run(None, {"x": x})[0] - want).max() <= 1e-4, shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# Converted zoo graphs (tiny HINet / NAFNet / MPRNet) against the eager fast reference.
+
+FAST_SIZES = [(1, 3, 48, 64), (2, 3, 40, 56), (1, 3, 56, 72), (1, 3, 40, 120), (1, 3, 160, 224)]
+
+
+@pytest.fixture(scope="module")
+def fast_converted(converted_families, tmp_path_factory):
+    """{family: (model, exact result, fast graph path, fast report)} via the CLI with --fast."""
+    import json
+
+    from conftest import FAMILY_CALIB, SMALL
+    from tlc_export.cli import main
+
+    root = tmp_path_factory.mktemp("fast")
+    out = {}
+    for family, (model, ckpt, tlc, _) in converted_families.items():
+        path = root / f"{family}.fast.onnx"
+        assert main([str(ckpt), "--calib", "x".join(map(str, FAMILY_CALIB)), "--arch", family,
+                     "--arch-kwargs", json.dumps(SMALL[family]), "--fast", "-o", str(path)]) == 0
+        out[family] = (model, tlc, path, json.loads(path.with_suffix(".json").read_text()))
+    return out
+
+
+@pytest.mark.parametrize("family", ["hinet", "nafnet", "mprnet"])
+def test_fast_graph_matches_eager_fast_reference(fast_converted, family):
+    import copy
+
+    import torch
+
+    from conftest import FAMILY_CALIB
+    from test_convert import final_output
+    from tlc_export.reference import to_local
+
+    model, exact, path, report = fast_converted[family]
+    assert report["fast"] is True
+    rows = report["rewritten"]
+    assert rows and all(r["max_r"] == [max(1, 5 * k // c) for k, c in zip(r["window"], FAMILY_CALIB)]
+                        and r["implementation"] == "fast-boxfilter" for r in rows)
+    local, table = to_local(copy.deepcopy(model), FAMILY_CALIB, fast=True)
+    assert {(r.path, r.window, r.max_r) for r in table} == \
+        {(r["module_path"], tuple(r["window"]), tuple(r["max_r"])) for r in rows}
+    fast_session, exact_session = ort_session(path), ort_session(exact.onnx_path)
+    for shape in FAST_SIZES:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(shape[3]))
+        got = fast_session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            want = final_output(family, local(x)).numpy()
+        assert np.abs(got - want).max() <= 1e-5, (family, shape)
+        assert np.abs(got - exact_session.run(None, {"input": x.numpy()})[0]).max() > 1e-5, "fast == exact"
+
+
+def test_fast_with_plugin_is_refused(converted_families, capsys):
+    from conftest import SMALL
+    from tlc_export.cli import main
+
+    _, ckpt, _, _ = converted_families["nafnet"]
+    import json
+    assert main([str(ckpt), "--calib", "32", "--arch", "nafnet", "--arch-kwargs", json.dumps(SMALL["nafnet"]),
+                 "--fast", "--impl", "plugin", "-o", str(ckpt.with_name("x.onnx"))]) == 2
+    assert "--fast" in capsys.readouterr().err
+    assert not ckpt.with_name("x.onnx").exists()

@@ -9,7 +9,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,7 @@ from . import __version__
 from .calibrate import calibrate_windows, calibration_shape, graph_input, import_graph
 from .errors import UserError
 from .export import export_onnx
+from .fast_rules import FAST_KINDS, max_factors
 from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
 from .load import LoadedModel, load_model
 from .rewrite import RewriteRecord, find_global_ops, localize
@@ -131,8 +132,9 @@ def _known_module_path(path: str, known: set[str]) -> str:
 
 def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
                    module_prefix: str = "", known_paths: set[str] = frozenset(),
-                   box_filter: str = "auto") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
-    """The rewrite stage on its own: find, calibrate and localise every global op of ``model``."""
+                   box_filter: str = "auto", fast: bool = False) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+    """The rewrite stage on its own: find, calibrate and localise every global op of ``model``
+    (``fast``: local means and instance norms in the official fast mode, see ``rewrite.fast``)."""
     graph = import_graph(model)
     ops = find_global_ops(graph)
     if not ops:
@@ -144,7 +146,8 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
 
         records = localize_plugin(graph, ops, windows, opset, box_filter)
     else:
-        records = localize(graph, ops, windows, opset, box_filter)
+        max_r = {op.name: max_factors(windows[op.name], calib) for op in ops if op.kind in FAST_KINDS} if fast else None
+        records = localize(graph, ops, windows, opset, box_filter, max_r)
     out = gs.export_onnx(graph)
     if impl == "plugin":
         add_plugin_opset(out)
@@ -152,8 +155,8 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
         def unprefixed(path: str) -> str:
             return "" if path == module_prefix.rstrip(".") else path.removeprefix(module_prefix)
 
-        records = [RewriteRecord(r.onnx_name, _known_module_path(unprefixed(r.module_path), known_paths),
-                                 r.op, r.pattern, r.window, r.implementation) for r in records]
+        records = [replace(r, module_path=_known_module_path(unprefixed(r.module_path), known_paths))
+                   for r in records]
     return out, records
 
 
@@ -198,7 +201,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
             opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
             trust_pickle: bool = False, impl: str = "standard", box_filter: str = "auto",
-            progress: Callable[[str], None] | None = None) -> ConversionResult:
+            fast: bool = False, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
     start = time.perf_counter()
@@ -210,6 +213,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
     if box_filter not in BOX_FILTERS:
         raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
+    if fast and impl == "plugin":
+        raise UserError("--fast is built from standard ops only; drop --impl plugin (or --fast)")
     if opset < 17:
         raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
     in_memory = not isinstance(model, (str, Path))
@@ -250,12 +255,18 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
         graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
-                                              known_paths={t["path"] for t in traced}, box_filter=box_filter)
+                                              known_paths={t["path"] for t in traced}, box_filter=box_filter,
+                                              fast=fast)
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)
             return ConversionResult(None, None, {"rewritten": [], "warning": message}, loaded=loaded,
                                     warnings=[message])
+    said = []
+    if fast and any(r.op == "groupnorm" for r in records):
+        said.append("--fast: group norm has no official fast mode; its ops are rewritten in exact TLC")
+        warnings.warn(said[-1])
+        notes += said
     _say(progress, "checking the graph with onnx.checker and ONNX Runtime")
     check_shape = calibration_shape(graph_model, calib, shape)
     check_graph(graph_model, check_shape, impl if tlc else "standard")
@@ -265,7 +276,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
         "input_multiple": loaded.input_multiple if loaded.module is not None else None,
         "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None,
-        "box_filter": box_filter if tlc else None, "dynamic": not static,
+        "box_filter": box_filter if tlc else None, "fast": fast if tlc else None, "dynamic": not static,
         "opset": next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": _io_table(v for v in graph_model.graph.input
                             if v.name not in {i.name for i in graph_model.graph.initializer}),
@@ -277,4 +288,4 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     atomic_write_bytes(out_path, graph_model.SerializeToString())
     atomic_write_text(report_path, json.dumps(result_report, indent=2) + "\n")
     _say(progress, f"wrote {out_path} ({len(records)} global ops rewritten) and {report_path}")
-    return ConversionResult(out_path, report_path, result_report, graph_model, loaded)
+    return ConversionResult(out_path, report_path, result_report, graph_model, loaded, warnings=said)

@@ -46,6 +46,9 @@ def convert_parser() -> argparse.ArgumentParser:
                    help="standard-op box filter: chosen per op at run time by the map size (auto, default), "
                         "or one form everywhere with no If node (cumsum: prefix sums; matmul: banded matrices, "
                         "fast on small maps only)")
+    p.add_argument("--fast", action="store_true",
+                   help="the official approximate TLC (fast_imp): local means and instance norms on a map "
+                        "subsampled by up to 5 per axis (group norm and attention stay exact)")
     p.add_argument("--report", help="JSON report path (default: beside the output)")
     p.add_argument("--triton-repo", metavar="DIR",
                    help="also write a Triton Inference Server model repository (ONNX Runtime backend) to DIR")
@@ -74,7 +77,7 @@ def run_convert(argv: list[str]) -> int:
         result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
                          tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
-                         box_filter=args.box_filter,
+                         box_filter=args.box_filter, fast=args.fast,
                          progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)
@@ -87,7 +90,8 @@ def run_convert(argv: list[str]) -> int:
         where = write_triton_repo(args.triton_repo, name, onnx_path=result.onnx_path, validate=None)
         print(f"tlc-export: Triton model repository entry written: {where}", file=sys.stderr)
     for r in result.report.get("rewritten", []):
-        print(f"{r['onnx_name']}\t{r['op']}\t{r['window'][0]}x{r['window'][1]}\t{r['module_path']}")
+        fast = f"\tmax_r {r['max_r'][0]}x{r['max_r'][1]}" if r.get("max_r") else ""
+        print(f"{r['onnx_name']}\t{r['op']}\t{r['window'][0]}x{r['window'][1]}\t{r['module_path']}{fast}")
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from . import attention, subgraphs
+from . import attention, fast, subgraphs
 from .patterns import GlobalOp, constant_value, find_global_ops, pointwise_chain
 
 IMPLEMENTATION = "boxfilter"  # banded MatMul or CumSum, chosen per run (subgraphs.MATMUL_MAX_SPAN)
@@ -25,6 +25,7 @@ class RewriteRecord:
     pattern: str
     window: tuple[int, int]
     implementation: str
+    max_r: tuple[int, int] | None = None   # fast mode's subsampling cap per axis (None: exact)
 
 
 def detach(op: GlobalOp) -> None:
@@ -35,13 +36,17 @@ def detach(op: GlobalOp) -> None:
 
 
 def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int, int]], opset: int,
-             box_filter: str = "auto") -> list[RewriteRecord]:
+             box_filter: str = "auto", max_r: dict[str, tuple[int, int]] | None = None) -> list[RewriteRecord]:
     """Replace ``ops`` in ``graph`` (in place) by their local subgraphs; returns what was done.
-    ``box_filter``: see ``subgraphs.BOX_FILTERS``."""
+    ``box_filter``: see ``subgraphs.BOX_FILTERS``. ``max_r``: ops (by name) rewritten in fast mode
+    (``fast``), with their subsampling caps."""
     records = []
-    implementation = IMPLEMENTATION if box_filter == "auto" else f"{IMPLEMENTATION}-{box_filter}"
+    max_r = max_r or {}
+    suffix = "" if box_filter == "auto" else f"-{box_filter}"
     for op in ops:
         window = windows[op.name]
+        fast_r = max_r.get(op.name)
+        implementation = (fast.IMPLEMENTATION if fast_r else IMPLEMENTATION) + suffix
         b = subgraphs.Builder(graph, f"{op.name}/tlc", opset, box_filter)
         if op.kind == "attention":  # the region stays: it is fed the windows of its qkv map
             attention.local_transposed_attention(b, op, window)
@@ -50,7 +55,10 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
             continue
         detach(op)
         if op.kind == "avgpool":
-            _local_mean_padding_late(graph, b, op, window)
+            _local_mean_padding_late(graph, b, op, window, fast_r)
+        elif op.kind == "instancenorm" and fast_r:
+            fast.fast_local_instance_norm(b, op.source, window, fast_r, op.attrs["eps"], op.attrs["scale"],
+                                          op.attrs["bias"], output=op.output)
         elif op.kind == "instancenorm":
             subgraphs.local_instance_norm(b, op.source, window, op.attrs["eps"], op.attrs["scale"],
                                           op.attrs["bias"], output=op.output)
@@ -64,13 +72,14 @@ def localize(graph: gs.Graph, ops: list[GlobalOp], windows: dict[str, tuple[int,
                              b.op("Unsqueeze", [bias, axes])], outputs=[op.output])
         else:  # pragma: no cover - patterns only yields the kinds above
             raise AssertionError(op.kind)
-        records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), implementation))
+        records.append(RewriteRecord(op.name, op.module_path, op.kind, op.pattern, tuple(window), implementation,
+                                     fast_r))
     forget_intermediate_shapes(graph)
     graph.cleanup().toposort()
     return records
 
 
-def _local_mean_padding_late(graph: gs.Graph, b: subgraphs.Builder, op: GlobalOp, window) -> None:
+def _local_mean_padding_late(graph: gs.Graph, b: subgraphs.Builder, op: GlobalOp, window, max_r=None) -> None:
     """Local mean whose replicate Pad moves past the per-pixel nodes that follow it (the MLP of
     squeeze-and-excitation runs on the (h−k1+1)×(w−k2+1) valid map instead of h×w: exact, since
     per-pixel functions commute with replicate padding, and cheaper; MPRNet's official local CALayer
@@ -78,25 +87,39 @@ def _local_mean_padding_late(graph: gs.Graph, b: subgraphs.Builder, op: GlobalOp
 
     When the MLP opens with a channel-reducing 1×1 conv, the mean moves after that conv too: the conv is
     affine and the window weights sum to one, so mean(W·x + b) = W·mean(x) + b, and the box filter, a
-    dozen memory-bound passes per channel, then runs on c/r channels instead of c (see ``_pool_after``)."""
+    dozen memory-bound passes per channel, then runs on c/r channels instead of c (see ``_pool_after``).
+
+    Fast mode (``max_r``): the map is subsampled first, so a moved conv runs on the samples only, and
+    nearest upsampling joins the replicate Pad after the chain (both commute with per-pixel nodes)."""
     chain = pointwise_chain(op.output, {t.name for t in graph.outputs})
     source, pooled = op.source, op.output
+    if max_r is not None:
+        source, grid = fast.subsample(b, source, window, max_r)
     if chain and _pool_after(chain[0]):
         reducer = chain.pop(0)
         reducer.inputs[0] = source
         pooled = reducer.outputs[0]
         source = gs.Variable(f"{pooled.name}/tlc_full", dtype=pooled.dtype)
         reducer.outputs[0] = source
-    valid, k1, k2 = subgraphs.valid_local_mean(b, source, window)
-    pads = subgraphs.tlc_pads(b, k1, k2)
+    if max_r is None:
+        valid, k1, k2 = subgraphs.valid_local_mean(b, source, window)
+        pads = subgraphs.tlc_pads(b, k1, k2)
+
+        def to_map(t, out):
+            return subgraphs.replicate_pad(b, t, pads, out)
+    else:
+        valid = fast.valid_mean(b, b.op("Identity", [source]), grid)
+
+        def to_map(t, out):
+            return fast.upsample_and_pad(b, t, grid, out)
     if not chain:
-        subgraphs.replicate_pad(b, valid, pads, pooled)
+        to_map(valid, pooled)
         return
     chain[0].inputs[chain[0].inputs.index(pooled)] = valid
     last = chain[-1].outputs[0]
     unpadded = gs.Variable(f"{last.name}/tlc_valid", dtype=last.dtype)
     chain[-1].outputs[0] = unpadded
-    subgraphs.replicate_pad(b, unpadded, pads, last)
+    to_map(unpadded, last)
 
 
 # A 1×1 conv c_in→c_out on the full map costs c_in·c_out multiply-adds per pixel (GEMM speed); pooling
