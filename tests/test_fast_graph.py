@@ -130,3 +130,19 @@ def test_fast_with_plugin_is_refused(converted_families, capsys):
                  "--fast", "--impl", "plugin", "-o", str(ckpt.with_name("x.onnx"))]) == 2
     assert "--fast" in capsys.readouterr().err
     assert not ckpt.with_name("x.onnx").exists()
+
+
+def test_verify_fast_graph_against_fast_reference(fast_converted, converted_families):
+    """``verify --fast`` checks a --fast graph against the eager fast reference; the exact reference
+    rejects it (the two modes are different functions)."""
+    import json
+
+    from conftest import FAMILY_CALIB, SMALL
+    from tlc_export.cli import main
+
+    _, ckpt, _, _ = converted_families["nafnet"]
+    path = fast_converted["nafnet"][2]
+    common = [str(ckpt), str(path), "--calib", "x".join(map(str, FAMILY_CALIB)), "--arch", "nafnet",
+              "--arch-kwargs", json.dumps(SMALL["nafnet"]), "--sizes", "40x56,36x60", "--no-photo"]
+    assert main(["verify", *common, "--fast", "--atol", "1e-5"]) == 0
+    assert main(["verify", *common, "--atol", "1e-5"]) == 1

@@ -97,8 +97,10 @@ def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, wa
 
 def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: tuple[int, int], *,
                 threads: int = 2, runs: int = 5, final_stage_last: bool = False, multiple: int = 1,
-                name: str = "model", eager: bool = True, patches: bool = True, progress=None) -> BenchReport:
-    """Time every contender on ``x``; ratios are to the global ONNX graph."""
+                name: str = "model", eager: bool = True, patches: bool = True, progress=None,
+                fast_onnx=None) -> BenchReport:
+    """Time every contender on ``x``; ratios are to the global ONNX graph. ``fast_onnx``: also the graph
+    converted with --fast (and, with ``eager``, the eager fast reference)."""
     from .reference import to_local
     from .runtime import ort_session
 
@@ -114,6 +116,9 @@ def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: 
         "global graph (ONNX Runtime)": lambda: glob.run(None, {in_name: x}),
         "TLC graph (ONNX Runtime)": lambda: tlc.run(None, {in_name: x}),
     }
+    if fast_onnx is not None:
+        fast = ort_session(fast_onnx, threads=threads)
+        contenders["fast TLC graph (ONNX Runtime)"] = lambda: fast.run(None, {in_name: x})
     if eager:
         local, _ = to_local(copy.deepcopy(module), calib)
         xt = torch.from_numpy(x)
@@ -126,6 +131,9 @@ def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: 
 
         contenders["eager global (PyTorch)"] = eager_run(module.eval())
         contenders["eager TLC reference (PyTorch)"] = eager_run(local.eval())
+        if fast_onnx is not None:
+            fast_local, _ = to_local(copy.deepcopy(module), calib, fast=True)
+            contenders["eager fast TLC reference (PyTorch)"] = eager_run(fast_local.eval())
     if patches:
         for overlap in PATCH_OVERLAPS:
             contenders[f"patches {PATCH}px, overlap {overlap} (ORT)"] = (

@@ -293,7 +293,7 @@ def plot_png(result: SweepResult) -> bytes:
 def sweep(model: str | Path, pairs_dir: str | Path, calib_sizes: list[tuple[int, int]] | str | None = None, *,
           arch: str | None = None, arch_kwargs: dict | None = None, out_dir: str | Path | None = None,
           multiple: int | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-          trust_pickle: bool = False, progress: bool | None = None) -> SweepResult:
+          trust_pickle: bool = False, progress: bool | None = None, fast: bool = False) -> SweepResult:
     """Run the sweep; write ``sweep.json`` and ``sweep.png`` into ``out_dir`` (skipped when None).
 
     ``progress``: a tqdm bar over conversions and images (None: only on a terminal)."""
@@ -370,7 +370,7 @@ def sweep(model: str | Path, pairs_dir: str | Path, calib_sizes: list[tuple[int,
         for calib in calibs:
             label = _size_label(calib)
             bar.set_postfix_str(f"converting at {label}")
-            tlc_model, records = localize_graph(global_model, calib)
+            tlc_model, records = localize_graph(global_model, calib, fast=fast)
             if not records:
                 raise UserError(f"no global op in {model}: TLC changes nothing (is it already converted? "
                                 f"sweep needs the original model)")
@@ -384,7 +384,7 @@ def sweep(model: str | Path, pairs_dir: str | Path, calib_sizes: list[tuple[int,
     finally:
         bar.close()
 
-    convert_args = []
+    convert_args = ["--fast"] if fast else []
     if arch:
         convert_args += ["--arch", arch]
     if arch_kwargs:

@@ -154,8 +154,10 @@ def verify(reference: nn.Module, onnx_model: onnx.ModelProto | str, inputs: list
 
 def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=None, arch_kwargs=None,
                       sizes: list[tuple[int, int]] | None = None, atol: float = 1e-4, photo: bool = True,
-                      trust_pickle: bool = False, impl: str = "standard", batch: int = 1) -> VerifyReport:
-    """Load ``model_path`` as the converter does, build its eager TLC reference at ``calib`` and verify."""
+                      trust_pickle: bool = False, impl: str = "standard", batch: int = 1,
+                      fast: bool = False) -> VerifyReport:
+    """Load ``model_path`` as the converter does, build its eager TLC reference at ``calib`` (``fast``: the
+    official fast mode, for graphs converted with --fast) and verify."""
     from .load import load_model
     from .reference import to_local
 
@@ -171,6 +173,6 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=Non
     inputs = random_inputs(channels, sizes, batch=batch)
     if photo:
         inputs.append(photo_input(channels, m))
-    local, _ = to_local(copy.deepcopy(loaded.module), calib)
+    local, _ = to_local(copy.deepcopy(loaded.module), calib, fast=fast)
     return verify(local, model, inputs, global_model=loaded.module, atol=atol,
                   final_stage_last=loaded.family == "hinet", impl=impl)

@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-eager", action="store_true", help="skip the eager PyTorch contenders")
     parser.add_argument("--no-patches", action="store_true", help="skip overlapping-patch inference")
     parser.add_argument("--out", help="directory for the graphs and bench.json (default: a temp dir)")
+    parser.add_argument("--fast", action="store_true", help="also time the graph converted with --fast")
     parser.add_argument("--trust-pickle", action="store_true")
 
 
@@ -40,6 +41,7 @@ def run(args) -> int:
     common = dict(arch=args.arch, arch_kwargs=kwargs, trust_pickle=args.trust_pickle, progress=progress)
     tlc = convert(args.model, calib, output=out / "model.tlc.onnx", **common)
     glob = convert(args.model, calib, output=out / "model.global.onnx", tlc=False, **common)
+    fast = convert(args.model, calib, output=out / "model.fast.onnx", fast=True, **common) if args.fast else None
     loaded = tlc.loaded
     m = loaded.input_multiple
     if size[0] % m or size[1] % m:
@@ -49,7 +51,8 @@ def run(args) -> int:
     report = bench_model(loaded.module, tlc.onnx_path, glob.onnx_path, x, calib, threads=args.threads,
                          runs=args.runs, final_stage_last=loaded.family == "hinet", multiple=m,
                          name=loaded.preset or Path(args.model).name, eager=not args.no_eager,
-                         patches=not args.no_patches, progress=progress)
+                         patches=not args.no_patches, progress=progress,
+                         fast_onnx=fast.onnx_path if fast is not None else None)
     print(report.table())
     atomic_write_text(out / "bench.json", json.dumps(report.as_dict(), indent=2) + "\n")
     print(f"saved {out / 'bench.json'}")

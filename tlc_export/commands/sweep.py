@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled full nn.Module (unpickling runs code from the file)")
+    parser.add_argument("--fast", action="store_true", help="convert in the official fast TLC mode")
 
 
 def run(args) -> int:
@@ -48,7 +49,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(f"{model.stem}-sweep")
     result = sweep(model, args.pairs, args.calib_sizes, arch=args.arch, arch_kwargs=arch_kwargs, out_dir=out,
                    multiple=args.multiple, threads=args.threads, max_pixels=args.max_pixels,
-                   trust_pickle=args.trust_pickle)
+                   trust_pickle=args.trust_pickle, fast=args.fast)
     for note in result.notes:
         print(f"tlc-export: note: {note}", file=sys.stderr)
     print(result.table())

@@ -14,6 +14,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
     parser.add_argument("--no-photo", action="store_true", help="skip the full-resolution real photo")
     parser.add_argument("--impl", default="standard", choices=["standard", "plugin"])
+    parser.add_argument("--fast", action="store_true", help="the graph was converted with --fast")
     parser.add_argument("--trust-pickle", action="store_true")
     parser.add_argument("--json", help="also write the report as JSON to this path")
 
@@ -34,7 +35,7 @@ def run(args) -> int:
         raise UserError(f"graph not found: {args.graph}")
     report = verify_checkpoint(args.model, args.graph, calib, arch=args.arch, arch_kwargs=kwargs, sizes=sizes,
                                atol=args.atol, photo=not args.no_photo, trust_pickle=args.trust_pickle,
-                               impl=args.impl)
+                               impl=args.impl, fast=args.fast)
     print(report.table())
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(asdict(report), indent=2) + "\n")
