@@ -22,7 +22,8 @@ from .calibrate import calibrate_windows, calibration_shape, graph_input, import
 from .errors import UserError
 from .export import export_onnx
 from .fast_rules import FAST_KINDS, max_factors
-from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
+from . import guards
+from .convert_outputs import bake_shape, claim_outputs
 from .load import LoadedModel, load_model
 from .rewrite import RewriteRecord, find_global_ops, localize
 from .rewrite.subgraphs import BOX_FILTERS
@@ -57,10 +58,10 @@ def parse_arch_kwargs(text: str | None) -> dict | None:
     return value
 
 
-def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+def parse_input_shape(text: str, what: str = "--input-shape") -> tuple[int, int, int, int]:
     parts = str(text).strip().lower().split("x")
     if len(parts) != 4 or not all(re.fullmatch(r"\d+", p) and int(p) > 0 for p in parts):
-        raise UserError(f"--input-shape {text!r} is not NxCxHxW with positive integers, e.g. 1x3x256x256")
+        raise UserError(f"{what} {text!r} is not NxCxHxW with positive integers, e.g. 1x3x256x256")
     n, c, h, w = (int(p) for p in parts)
     return n, c, h, w
 
@@ -73,6 +74,7 @@ class ConversionResult:
     model: onnx.ModelProto | None = None
     loaded: LoadedModel | None = None
     warnings: list[str] = field(default_factory=list)
+    triton_path: Path | None = None
 
 
 def _say(progress: Callable[[str], None] | None, message: str) -> None:
@@ -160,8 +162,8 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
     return out, records
 
 
-def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: str = "standard") -> None:
-    """onnx.checker, then ONNX Runtime loads the graph and runs it once at ``shape``."""
+def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: str = "standard") -> list:
+    """onnx.checker, then ONNX Runtime loads the graph and runs it once at ``shape``; returns the outputs."""
     from .runtime import ort_session
 
     try:
@@ -173,6 +175,7 @@ def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: 
     outputs = session.run(None, {graph_input(model).name: image})
     if not all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating)):
         raise RuntimeError("the rewritten graph produced non-finite values at the calibration size")
+    return outputs
 
 
 def default_output(source: Path, tlc: bool) -> Path:
@@ -201,7 +204,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
             opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
             trust_pickle: bool = False, impl: str = "standard", box_filter: str = "auto",
-            fast: bool = False, progress: Callable[[str], None] | None = None) -> ConversionResult:
+            fast: bool = False, triton_repo: str | Path | None = None,
+            progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
     start = time.perf_counter()
@@ -215,24 +219,24 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
     if fast and impl == "plugin":
         raise UserError("--fast is built from standard ops only; drop --impl plugin (or --fast)")
-    if opset < 17:
-        raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
+    guards.check_opset(opset)
+    guards.check_arch_kwargs(arch, arch_kwargs)
     in_memory = not isinstance(model, (str, Path))
     if in_memory and output is None:
         raise UserError("converting an in-memory nn.Module needs an output path")
     source = Path("<module>") if in_memory else Path(model)
-    out_path = Path(output) if output else default_output(source, tlc)
-    if out_path.suffix.lower() != ".onnx":
-        raise UserError(f"output {out_path} must end in .onnx")
-    report_path = Path(report) if report else out_path.with_suffix(".json")
-    refuse_overwriting_input(out_path, [source])
-    refuse_overwriting_input(report_path, [source])
+    output_notes: list[str] = []           # "created directory ..." once the outputs are written
+    out = claim_outputs(None if in_memory else source, Path(output) if output else default_output(source, tlc),
+                        report, graph_named=output is not None, triton_repo=triton_repo, impl=impl,
+                        note=output_notes.append)
+    guards.check_arch_size(arch, arch_kwargs)
 
     if in_memory:
         loaded = module_as_loaded(model, arch, arch_kwargs)
     else:
         _say(progress, f"loading {source}")
         loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    _check_loaded(loaded, source)
     notes = list(loaded.notes)
     traced = []
     prefix = ""
@@ -240,16 +244,22 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         from .trace import list_global_ops
 
         _check_multiple(loaded, calib, "--calib")
+        guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
         shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
         _check_multiple(loaded, shape[2:], "--input-shape")
+        _check_sizes(loaded, shape, calib, input_shape is not None)
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
+        # A static TLC graph is exported and calibrated dynamic, then its shape is baked in, so the
+        # calibration size need not be the static size.
+        dynamic = not static or tlc
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
-        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family)
+        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=dynamic, family=loaded.family)
         prefix = "model."
     else:
         graph_model = loaded.onnx_model
         shape = input_shape
+        guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
 
     records: list[RewriteRecord] = []
     if tlc:
@@ -268,8 +278,11 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         warnings.warn(said[-1])
         notes += said
     _say(progress, "checking the graph with onnx.checker and ONNX Runtime")
-    check_shape = calibration_shape(graph_model, calib, shape)
-    check_graph(graph_model, check_shape, impl if tlc else "standard")
+    bake = static and tlc and loaded.module is not None
+    check_shape = shape if bake else calibration_shape(graph_model, calib, shape)
+    results = check_graph(graph_model, check_shape, impl if tlc else "standard")
+    if bake:
+        graph_model = bake_shape(graph_model, shape, results)
 
     result_report = {
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
@@ -285,7 +298,27 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         "rewritten": [asdict(r) for r in records],
     }
     result_report["seconds"] = round(time.perf_counter() - start, 2)
-    atomic_write_bytes(out_path, graph_model.SerializeToString())
-    atomic_write_text(report_path, json.dumps(result_report, indent=2) + "\n")
-    _say(progress, f"wrote {out_path} ({len(records)} global ops rewritten) and {report_path}")
-    return ConversionResult(out_path, report_path, result_report, graph_model, loaded, warnings=said)
+    out.write(graph_model, result_report)
+    _say(progress, f"wrote {out.graph} ({len(records)} global ops rewritten) and {out.report}")
+    result = ConversionResult(out.graph, out.report, result_report, graph_model, loaded, triton_path=out.triton_entry)
+    result.warnings.extend(said + output_notes)
+    return result
+
+
+def _check_loaded(loaded: LoadedModel, source: Path) -> None:
+    """Refuse an ONNX file without a graph and weights that are not finite (naming the tensor)."""
+    if loaded.onnx_model is not None:
+        if not loaded.onnx_model.graph.node:
+            raise UserError(f"{source} holds no ONNX graph (no nodes; an empty or truncated file?)")
+        guards.check_finite_weights(guards.onnx_tensors(loaded.onnx_model), str(source))
+    elif loaded.module is not None:
+        guards.check_finite_weights(guards.module_tensors(loaded.module), str(source))
+
+
+def _check_sizes(loaded: LoadedModel, shape, calib, shape_given: bool) -> None:
+    """Refuse export/calibration sizes whose activations cannot fit in memory (estimated first)."""
+    what = "--input-shape " + "x".join(map(str, shape)) if shape_given else f"--calib {calib[0]}x{calib[1]}"
+    guards.check_run_size(loaded.module, tuple(shape), what, loaded.input_multiple)
+    if shape_given:
+        guards.check_run_size(loaded.module, (1, shape[1], *calib), f"--calib {calib[0]}x{calib[1]}",
+                              loaded.input_multiple)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import UserError
+from .fileio import OutputSet, read_onnx
 from .trtcheck import DEFAULT_PLUGIN_OPS, infer_tensor_types
 
 TLC_MARK = "/tlc/"
@@ -442,8 +442,11 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
     if precision not in PRECISIONS:
         raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     src = Path(onnx_path)
-    if not src.is_file():
-        raise UserError(f"cannot read {src}: no such file")
+    read_onnx(src)                     # a missing, empty or corrupt graph is refused before TensorRT loads
+    outputs = OutputSet([src])
+    engine_path = outputs.claim(engine_path, "the engine", explicit=True)
+    if timing_cache:
+        outputs.claim(timing_cache, "the timing cache", explicit=True)
     trt = _import_tensorrt()
     try:
         from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, LoadPlugins, NetworkFromOnnxPath,
@@ -483,9 +486,7 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
         opt_shape = tuple(opt_shape or defaults[1])
         max_shape = tuple(max_shape or defaults[2])
 
-    engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tlc-trt-", dir=engine_path.parent))
+    work = outputs.scratch_dir(engine_path)
     try:
         parse_path = src
         if strongly_typed and precision != "fp32":
@@ -524,9 +525,8 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
         config = CreateConfig(**config_kwargs)
         engine = EngineFromNetwork(network, config=config,
                                    save_timing_cache=str(timing_cache) if timing_cache else None)
-        tmp_engine = work / "engine.plan"
-        SaveEngine(engine, path=str(tmp_engine))()
-        os.replace(tmp_engine, engine_path)
+        SaveEngine(engine, path=str(outputs.stage(engine_path)))()
+        outputs.commit()
     except UserError:
         raise
     except PolygraphyException as err:
@@ -537,7 +537,5 @@ def build_trt_engine(onnx_path: str | Path, engine_path: str | Path, precision: 
             raise UserError(f"TensorRT needs an NVIDIA GPU with a working CUDA driver: {msg}") from None
         raise UserError(f"TensorRT build of {src} failed: {msg}") from None
     finally:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+        outputs.discard()
     return engine_path

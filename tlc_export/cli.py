@@ -38,7 +38,8 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output .onnx path (default: <stem>.tlc.onnx beside the input)")
     p.add_argument("--input-shape", help="export input NxCxHxW (default 1xCx<calib>)")
     p.add_argument("--static", action="store_true", help="bake the export shape (default: dynamic N, H, W)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset: 17 (default) up to the newest the installed exporter and ONNX Runtime support")
     p.add_argument("--no-tlc", action="store_true", help="export the unchanged global model the same way")
     p.add_argument("--impl", default="standard", choices=["standard", "plugin"],
                    help="standard-op subgraphs (default) or one custom node per op (TensorRT plugin)")
@@ -77,18 +78,12 @@ def run_convert(argv: list[str]) -> int:
         result = convert(args.model, args.calib, arch=args.arch, arch_kwargs=arch_kwargs, output=args.output,
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
                          tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
-                         box_filter=args.box_filter, fast=args.fast,
+                         box_filter=args.box_filter, fast=args.fast, triton_repo=args.triton_repo,
                          progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)
-    if args.triton_repo and result.onnx_path is not None:
-        from .serve import write_triton_repo
-
-        name = result.onnx_path.name.removesuffix(".onnx").replace(".", "_")
-        if args.impl == "plugin":
-            raise UserError("--triton-repo serves the standard-op graph; build a TensorRT plan for the plugin form")
-        where = write_triton_repo(args.triton_repo, name, onnx_path=result.onnx_path, validate=None)
-        print(f"tlc-export: Triton model repository entry written: {where}", file=sys.stderr)
+    if result.triton_path is not None:
+        print(f"tlc-export: Triton model repository entry written: {result.triton_path}", file=sys.stderr)
     for r in result.report.get("rewritten", []):
         fast = f"\tmax_r {r['max_r'][0]}x{r['max_r'][1]}" if r.get("max_r") else ""
         print(f"{r['onnx_name']}\t{r['op']}\t{r['window'][0]}x{r['window'][1]}\t{r['module_path']}{fast}")

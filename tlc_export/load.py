@@ -59,6 +59,18 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def _names_python_objects(exc: BaseException) -> bool:
+    """torch's weights-only unpickler refused a *global* (a class or function the pickle would import),
+    as opposed to bytes that are no pickle at all."""
+    return "global" in str(exc).lower().replace("weights_only", "")
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if "error:" in line.lower()]
+    detail = lines[-1].split("error:", 1)[-1].strip() if lines else ""
+    return f"unpickler: {detail[:120]}" if detail else "unrecognised content"
+
+
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The tensor dict inside a released checkpoint, without a leading ``module.`` on its keys."""
     if isinstance(obj, dict):
@@ -112,9 +124,11 @@ def _key_diff(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     diff = _key_diff(model, state)
     if diff != "keys match":
-        best = rank_presets(state)[0]
-        raise UserError(f"checkpoint does not fit {what}: {diff}; best-fitting preset is {best[1]} "
-                        f"({best[0]:.0%} of keys and shapes agree)")
+        score, best = rank_presets(state)[0]
+        # Only a preset that mostly agrees is worth naming; a far one (an unrelated family) misleads.
+        hint = (f"; best-fitting preset is {best} ({score:.0%} of keys and shapes agree)" if score >= 0.5
+                else "; no preset is close (check --arch and --arch-kwargs)")
+        raise UserError(f"checkpoint does not fit {what}: {diff}{hint}")
     model.load_state_dict(state, strict=True)
 
 
@@ -181,7 +195,10 @@ def load_model(path: str | Path, arch: str | None = None, arch_kwargs: dict | No
         return LoadedModel(path, "torchscript", module=module.eval())
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not _names_python_objects(exc):    # not a pickle of objects: random bytes, another format
+            raise UserError(f"{path} is not a PyTorch checkpoint, TorchScript, .pt2 or ONNX file "
+                            f"({_unpickler_detail(exc)}); is it the right file, and complete?") from None
         if not trust_pickle:
             raise UserError(f"{path} holds pickled Python objects (e.g. a full nn.Module); loading it runs "
                             f"code from the file: re-run with --trust-pickle only if you trust its source") from None

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .fileio import atomic_write_bytes, refuse_overwriting_input
+from .fileio import OutputSet, is_tlc_png, tag_png
 
 SUPPORTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}   # MPO: multi-picture camera JPEGs
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -96,8 +96,11 @@ class _PillowLimit:
     def __enter__(self):
         from PIL import Image
 
-        self._old = Image.MAX_IMAGE_PIXELS
+        from PIL import ImageFile
+
+        self._old = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
         Image.MAX_IMAGE_PIXELS = max(int(self.max_pixels), 1)
+        ImageFile.LOAD_TRUNCATED_IMAGES = False     # a truncated file is an error, never grey pixels
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -106,8 +109,10 @@ class _PillowLimit:
     def __exit__(self, *exc):
         from PIL import Image
 
+        from PIL import ImageFile
+
         self._warnings.__exit__(*exc)
-        Image.MAX_IMAGE_PIXELS = self._old
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = self._old
         return False
 
 
@@ -184,11 +189,42 @@ def _from_pillow(path: Path, im) -> ImageData:
     return ImageData(path, np.ascontiguousarray(arr.astype(np.uint8)), notes)
 
 
+def _png_complete(data: bytes) -> bool:
+    """Every chunk fits in the file and the last is IEND (decoders stop at the image data's end)."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        pos += 12 + length
+        if pos > len(data):
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """An end-of-image marker after the last start-of-scan (0xFF 0xDA/0xD9 never occur inside
+    entropy-coded data, where 0xFF is always followed by 0x00 or a restart marker)."""
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") > 0
+
+
+def check_complete(header: ImageHeader) -> None:
+    """Refuse a truncated PNG/JPEG: decoders accept some truncations (a PNG cut after its image data,
+    or any file when Pillow's LOAD_TRUNCATED_IMAGES is set) and return silently wrong pixels."""
+    data = header.path.read_bytes()
+    ok = _png_complete(data) if header.format == "PNG" else _jpeg_complete(data)
+    if not ok:
+        end = "IEND chunk" if header.format == "PNG" else "end-of-image marker"
+        raise UserError(f"{header.path} is truncated: the {header.format} file ends before its {end} "
+                        f"({len(data)} bytes); re-copy or re-export the image")
+
+
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """Decode a PNG/JPEG (checked with :func:`probe_image` first). Refusals are ``UserError``s."""
     from PIL import Image
 
     header = probe_image(path, max_pixels)
+    check_complete(header)
     path = header.path
     if header.format == "PNG" and _needs_pypng(path):
         return _read_pypng(path)
@@ -203,7 +239,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageD
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of ``H×W×C`` (C = 1 or 3) uint8 or uint16 pixels, bit depth kept."""
+    """PNG bytes of ``H×W×C`` (C = 1 or 3) uint8 or uint16 pixels, bit depth kept, tagged as tlc-export's."""
     from PIL import Image
 
     h, w, c = pixels.shape
@@ -215,7 +251,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
         writer.write_packed(buf, [row.astype(">u2").tobytes() for row in pixels.reshape(h, w * c)])
     else:
         Image.fromarray(np.ascontiguousarray(pixels[..., 0] if c == 1 else pixels)).save(buf, format="PNG")
-    return buf.getvalue()
+    return tag_png(buf.getvalue())
 
 
 def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -253,6 +289,18 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
     if ph == 0 and pw == 0:
         return x
     return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)], mode="edge")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("failed to allocate", "bad_alloc", "out of memory", "cannot allocate"))
+
+
+def _out_of_memory(shape, detail: str) -> UserError:
+    why = f" ({detail})" if detail else ""
+    return UserError(f"out of memory running the graph on a {shape[2]}x{shape[3]} image{why}: the whole image "
+                     f"runs at once, so restore a smaller (downscaled or cropped) image, close other programs, "
+                     f"or use a machine with more memory")
 
 
 class GraphRunner:
@@ -300,7 +348,11 @@ class GraphRunner:
                             f"image is {h}x{w} (padded {x.shape[2]}x{x.shape[3]}); convert without --static")
         try:
             y = self.session.run([self.output_name], {self.input_name: x.astype(self.dtype)})[0]
+        except MemoryError:
+            raise _out_of_memory(x.shape, "") from None
         except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise _out_of_memory(x.shape, _first_line(exc)) from None
             raise UserError(f"the graph failed on a {x.shape[2]}x{x.shape[3]} input ({_first_line(exc)}); "
                             f"does it need another size multiple? (--multiple N)") from None
         if y.ndim != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
@@ -375,7 +427,7 @@ def restore_image(runner: GraphRunner, image: ImageData) -> tuple[np.ndarray, li
 
 
 def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
-    """``<out_dir>/<stem>.png`` for each input; refuses collisions and overwriting an input."""
+    """``<out_dir>/<stem>.png`` for each input; refuses two inputs with one output name."""
     outputs = [out_dir / f"{p.stem}.png" for p in inputs]
     seen: dict[str, Path] = {}
     for inp, out in zip(inputs, outputs):
@@ -383,38 +435,45 @@ def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
         if key in seen:
             raise UserError(f"{seen[key]} and {inp} would both be written to {out}; restore them separately")
         seen[key] = inp
-        refuse_overwriting_input(out, inputs)
     return outputs
 
 
 def restore_files(graph: str | Path, inputs: list[str | Path], out_dir: str | Path, *, multiple: int | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None,
                   progress: bool | None = None, note=None) -> list[RestoredFile]:
-    """Restore ``inputs`` with ``graph`` into ``out_dir``. Every input's header is checked before any
-    image is processed; each output is written atomically. ``progress``: tqdm bar (None: on a TTY)."""
+    """Restore ``inputs`` with ``graph`` into ``out_dir``. Every input's header and every output path is
+    checked before any image is processed; the outputs are renamed into place together at the end (a
+    failure on any image leaves the directory as it was). ``progress``: tqdm bar (None: on a TTY)."""
     from tqdm import tqdm
+
+    from .guards import check_threads
 
     if max_pixels < 1:
         raise UserError(f"--max-pixels {max_pixels} must be positive")
+    check_threads(threads)
     graph = Path(graph)
     if not graph.is_file():
         raise UserError(f"graph not found: {graph}")
     inputs = [Path(p) for p in inputs]
     headers = [probe_image(p, max_pixels) for p in inputs]
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"-o {out_dir} exists and is not a directory")
-    outputs = output_paths(inputs, out_dir)
+    for header in headers:
+        check_complete(header)
     m, source = resolve_multiple(graph, multiple)
-    if note is not None and source.startswith("the default"):
-        note(f"padding to multiples of {m}, {source}")
-    runner = GraphRunner(graph, m, threads)
-    done = []
-    for header, out in tqdm(list(zip(headers, outputs)), desc="restore", unit="image",
-                            disable=None if progress is None else not progress, leave=False):
-        image = read_image(header.path, max_pixels)
-        pixels, notes = restore_image(runner, image)
-        atomic_write_bytes(out, encode_png(pixels))
-        done.append(RestoredFile(header.path, out, pixels.shape[0], pixels.shape[1], image.bit_depth,
-                                 pixels.shape[2], notes))
+    with OutputSet([graph, *inputs], note=note) as written:
+        out_dir = written.output_dir(out_dir, "-o")
+        outputs = output_paths(inputs, out_dir)
+        for inp, out in zip(inputs, outputs):
+            written.claim(out, f"the output for {inp.name}", explicit=False, recognise=is_tlc_png)
+        runner = GraphRunner(graph, m, threads)
+        if note is not None and source.startswith("the default"):
+            note(f"padding to multiples of {m}, {source}")
+        done = []
+        for header, out in tqdm(list(zip(headers, outputs)), desc="restore", unit="image",
+                                disable=None if progress is None else not progress, leave=False):
+            image = read_image(header.path, max_pixels)
+            pixels, notes = restore_image(runner, image)
+            written.write_bytes(out, encode_png(pixels))
+            done.append(RestoredFile(header.path, out, pixels.shape[0], pixels.shape[1], image.bit_depth,
+                                     pixels.shape[2], notes))
+        written.commit()
     return done

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,6 +31,7 @@ import onnx
 from onnx import TensorProto
 
 from .errors import UserError
+from .fileio import OutputSet, default_mode, is_tlc_triton_entry
 
 # ONNX element type -> Triton data type (model_config.proto DataType).
 _ONNX_TO_TRITON = {
@@ -237,11 +237,31 @@ def _copy_onnx(src: Path, dst: Path) -> None:
               location=dst.name + ".data")
 
 
+def _fill_entry(outputs: OutputSet, final: Path, kind: str, model_src: Path, config: str, readme: str,
+                overwrite: bool | None) -> None:
+    """Stage the model directory ``final`` in ``outputs`` (renamed into place at its commit)."""
+    outputs.claim(final, "the Triton model entry", explicit=bool(overwrite), recognise=is_tlc_triton_entry,
+                  directory=True)
+    tmp = outputs.stage_dir(final)
+    try:
+        (tmp / "1").mkdir()
+        if kind == "onnx":
+            _copy_onnx(model_src, tmp / "1" / "model.onnx")
+        else:
+            shutil.copyfile(model_src, tmp / "1" / "model.plan")
+        (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
+        (tmp / "README.txt").write_text(readme, encoding="utf-8")
+        os.chmod(tmp / "1", default_mode(directory=True))
+    except OSError as exc:
+        raise UserError(f"cannot write the Triton model entry {final}: {exc.strerror or exc}") from None
+
+
 def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | None = None,
                       plan_path: str | Path | None = None, max_batch_size: int | None = None,
                       inputs: Sequence | None = None, outputs: Sequence | None = None,
                       plugin_library: str | Path | Sequence[str | Path] | None = None,
-                      validate: bool | None = None, overwrite: bool = False) -> Path:
+                      validate: bool | None = None, overwrite: bool | None = False,
+                      output_set: OutputSet | None = None) -> Path:
     """Write a Triton model ``DIR/<name>`` for an ONNX graph or a TensorRT plan; return its directory.
 
     * ``onnx_path`` alone: ONNX Runtime backend, ``1/model.onnx``.
@@ -256,7 +276,10 @@ def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | N
       (written to config.pbtxt as ``model_operations``).
     * ``validate``: parse config.pbtxt with tritonclient's ``model_config_pb2`` (default: when tritonclient
       is installed; True makes it required).
-    * ``overwrite``: replace an existing ``DIR/<name>`` (else UserError).
+    * ``overwrite``: replace an existing ``DIR/<name>`` (False: UserError; None: only an entry
+      tlc-export wrote).
+    * ``output_set``: stage the entry in this :class:`~tlc_export.fileio.OutputSet` (renamed with the run's
+      other outputs at its commit) instead of writing it now.
     """
     repo_dir = Path(repo_dir)
     if not _NAME_RE.match(name or ""):
@@ -313,33 +336,15 @@ def write_triton_repo(repo_dir: str | Path, name: str, onnx_path: str | Path | N
             raise UserError("generated config.pbtxt lost fields when parsed as Triton ModelConfig")
 
     final = repo_dir / name
-    if final.exists() and not overwrite:
+    if final.exists() and overwrite is False:
         raise UserError(f"{final} already exists; remove it or pass overwrite=True")
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo_dir))
-    try:
-        (tmp / "1").mkdir()
-        if kind == "onnx":
-            _copy_onnx(model_src, tmp / "1" / "model.onnx")
-        else:
-            shutil.copyfile(model_src, tmp / "1" / "model.plan")
-        (tmp / "config.pbtxt").write_text(text, encoding="utf-8")
-        (tmp / "README.txt").write_text(_readme(name, kind, repo_dir.resolve(), libs, max_batch_size),
-                                        encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo_dir))
-            os.rmdir(old)
-            os.rename(final, old)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                os.rename(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if output_set is None:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        with OutputSet([model_src]) as own:
+            _fill_entry(own, final, kind, model_src, text, _readme(name, kind, repo_dir.resolve(), libs,
+                                                                   max_batch_size), overwrite)
+            own.commit()
+    else:
+        _fill_entry(output_set, final, kind, model_src, text, _readme(name, kind, repo_dir.resolve(), libs,
+                                                                   max_batch_size), overwrite)
     return final

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .fileio import atomic_write_bytes, atomic_write_text
+from .fileio import OutputSet, is_tlc_png, is_tlc_report, tag_png
 from .restore import (DEFAULT_MAX_PIXELS, DEFAULT_MULTIPLE, GraphRunner, ImageData, back_to_image_channels,
                       match_channels, quantize, read_image, resolve_multiple)
 
@@ -285,7 +285,7 @@ def plot_png(result: SweepResult) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return tag_png(buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------- the sweep
@@ -306,13 +306,20 @@ def sweep(model: str | Path, pairs_dir: str | Path, calib_sizes: list[tuple[int,
     calibs = parse_calib_sizes(calib_sizes) if isinstance(calib_sizes, str) else list(calib_sizes)
     if not calibs:
         raise UserError("no calibration sizes given")
+    from .guards import check_arch_kwargs, check_positive, check_threads
+
+    check_threads(threads)
+    check_positive(multiple, "--multiple")
+    check_arch_kwargs(arch, arch_kwargs)
     model = Path(model)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError(f"--out {out_dir} exists and is not a directory")
-    items = load_pairs(find_pairs(pairs_dir), max_pixels)
     notes: list[str] = []
+    pairs = find_pairs(pairs_dir)
+    written = OutputSet([model, *(p.degraded for p in pairs), *(p.clean for p in pairs)], note=notes.append)
+    if out_dir is not None:
+        out_dir = written.output_dir(out_dir, "--out")
+        written.claim(out_dir / JSON_NAME, JSON_NAME, explicit=False, recognise=is_tlc_report)
+        written.claim(out_dir / PLOT_NAME, PLOT_NAME, explicit=False, recognise=is_tlc_png)
+    items = load_pairs(pairs, max_pixels)
 
     bar = tqdm(total=(1 + len(calibs)) * (1 + len(items)), desc="sweep", unit="step", leave=False,
                disable=None if progress is None else not progress)
@@ -393,6 +400,8 @@ def sweep(model: str | Path, pairs_dir: str | Path, calib_sizes: list[tuple[int,
     if out_dir is not None:
         result.json_path = out_dir / JSON_NAME
         result.plot_path = out_dir / PLOT_NAME
-        atomic_write_bytes(result.plot_path, plot_png(result))
-        atomic_write_text(result.json_path, json.dumps(result.to_json(), indent=2) + "\n")
+        with written:
+            written.write_bytes(result.plot_path, plot_png(result))
+            written.write_text(result.json_path, json.dumps(result.to_json(), indent=2) + "\n")
+            written.commit()
     return result

@@ -12,6 +12,7 @@ import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -119,7 +120,11 @@ def verify(reference: nn.Module, onnx_model: onnx.ModelProto | str, inputs: list
 
     from .runtime import ort_session
 
-    model = onnx.load(str(onnx_model)) if isinstance(onnx_model, str) else onnx_model
+    from .fileio import read_onnx
+    from .guards import check_atol
+
+    atol = check_atol(atol)
+    model = read_onnx(onnx_model) if isinstance(onnx_model, (str, Path)) else onnx_model
     input_name = graph_input(model).name
     output_names = [o.name for o in model.graph.output]
     feeds = [OrderedDict([(input_name, x)]) for x in inputs]
@@ -158,13 +163,18 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=Non
                       fast: bool = False) -> VerifyReport:
     """Load ``model_path`` as the converter does, build its eager TLC reference at ``calib`` (``fast``: the
     official fast mode, for graphs converted with --fast) and verify."""
+    from . import guards
+    from .fileio import read_onnx
     from .load import load_model
     from .reference import to_local
 
+    atol = guards.check_atol(atol)
+    guards.check_arch_kwargs(arch, arch_kwargs)
+    model = read_onnx(onnx_path)
     loaded = load_model(model_path, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
     if loaded.module is None:
         raise UserError("verify needs the PyTorch model (a checkpoint, TorchScript or .pt2), not an .onnx file")
-    model = onnx.load(str(onnx_path))
+    guards.check_finite_weights(guards.module_tensors(loaded.module), str(model_path))
     channels = graph_input(model).type.tensor_type.shape.dim[1].dim_value or 3
     m = loaded.input_multiple
     if sizes is None:

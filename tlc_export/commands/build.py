@@ -20,9 +20,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..api import parse_input_shape, parse_size
     from ..build import build_trt_engine
+    from ..errors import UserError
 
-    shapes = {k: parse_input_shape(getattr(args, k)) if getattr(args, k) else None
+    shapes = {k: parse_input_shape(getattr(args, k), "--" + k.replace("_", "-")) if getattr(args, k) else None
               for k in ("min_shape", "opt_shape", "max_shape")}
+    if args.workspace is not None and args.workspace < 1:
+        raise UserError(f"--workspace {args.workspace} must be a positive number of MiB")
     path = build_trt_engine(args.graph, args.output, precision=args.precision,
                             calib=parse_size(args.calib) if args.calib else None,
                             workspace=args.workspace * (1 << 20) if args.workspace else None,

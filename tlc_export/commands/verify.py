@@ -21,22 +21,27 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from dataclasses import asdict
-    from pathlib import Path
 
+    from .. import __version__, guards
     from ..api import parse_arch_kwargs, parse_size
-    from ..errors import UserError
-    from ..fileio import atomic_write_text
+    from ..fileio import OutputSet, read_onnx
     from ..verify import verify_checkpoint
 
     calib = parse_size(args.calib)
     sizes = [parse_size(s, "--sizes") for s in args.sizes.split(",")] if args.sizes else None
+    atol = guards.check_atol(args.atol)
     kwargs = parse_arch_kwargs(args.arch_kwargs)
-    if not Path(args.graph).is_file():
-        raise UserError(f"graph not found: {args.graph}")
-    report = verify_checkpoint(args.model, args.graph, calib, arch=args.arch, arch_kwargs=kwargs, sizes=sizes,
-                               atol=args.atol, photo=not args.no_photo, trust_pickle=args.trust_pickle,
-                               impl=args.impl, fast=args.fast)
-    print(report.table())
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(asdict(report), indent=2) + "\n")
+    guards.check_arch_kwargs(args.arch, kwargs)
+    read_onnx(args.graph)
+    with OutputSet([args.model, args.graph]) as outputs:
+        if args.json:
+            outputs.claim(args.json, "the --json report", explicit=True)
+        report = verify_checkpoint(args.model, args.graph, calib, arch=args.arch, arch_kwargs=kwargs, sizes=sizes,
+                                   atol=atol, photo=not args.no_photo, trust_pickle=args.trust_pickle,
+                                   impl=args.impl, fast=args.fast)
+        print(report.table())
+        if args.json:
+            data = {"tool": "tlc-export", "version": __version__, "command": "verify", **asdict(report)}
+            outputs.write_text(args.json, json.dumps(data, indent=2) + "\n")
+            outputs.commit()
     return 0 if report.passed else 1
