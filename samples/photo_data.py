@@ -26,6 +26,9 @@ Degradations (``--task``):
   a range ``(lo, hi)``: each image of the batch then gets its own std drawn uniformly from it (blind
   deblurring: the network has to estimate the blur from the image, which is what global statistics
   are good for).
+
+``sigma`` may be a range ``(lo, hi)`` too (blind denoising): each image of the batch gets its own noise
+std drawn uniformly from it, constant over the image.
 """
 from __future__ import annotations
 
@@ -83,7 +86,8 @@ def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
     return x[0] if squeeze else x
 
 
-def degrade(clean: torch.Tensor, generator: torch.Generator, task: str = "denoise", sigma: float = 25.0,
+def degrade(clean: torch.Tensor, generator: torch.Generator, task: str = "denoise",
+            sigma: float | tuple[float, float] = 25.0,
             blur_sigma: float | tuple[float, float] = 2.0) -> torch.Tensor:
     """The degraded 8-bit-valued version of ``clean`` ([0, 1] floats), randomness drawn from ``generator``."""
     x = clean
@@ -98,8 +102,18 @@ def degrade(clean: torch.Tensor, generator: torch.Generator, task: str = "denois
             x = gaussian_blur(x, blur_sigma)
     elif task != "denoise":
         raise ValueError(f"unknown task {task!r} (denoise or deblur)")
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) * (sigma / 255.0)
+    std = per_image_uniform(sigma, x, generator) / 255.0 if isinstance(sigma, (tuple, list)) else sigma / 255.0
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) * std
     return quantize(x + noise)
+
+
+def per_image_uniform(value_range: tuple[float, float], x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One value per image of ``x`` drawn uniformly from ``value_range``, shaped to broadcast over ``x``
+    (blind training: each crop gets its own, spatially constant, degradation level)."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    n = x.shape[0] if x.dim() == 4 else 1
+    values = (lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)).to(x.dtype)
+    return values.view(-1, 1, 1, 1) if x.dim() == 4 else values.view(1, 1, 1)
 
 
 def heldout_pairs(task: str = "denoise", sigma: float = 25.0, blur_sigma: float = 2.0,

@@ -75,7 +75,7 @@ def compute_loss(out, target: torch.Tensor, kind: str) -> torch.Tensor:
 
 def train(arch: str, arch_kwargs: dict | None = None, *, steps: int = 4000, patch: int = 64, batch: int = 8,
           seed: int = 0, lr: float | None = None, loss: str = "psnr", task: str = "denoise",
-          sigma: float = 25.0, blur_sigma: float | tuple[float, float] = 2.0, photos=photo_data.TRAIN_PHOTOS,
+          sigma: float | tuple[float, float] = 25.0, blur_sigma: float | tuple[float, float] = 2.0, photos=photo_data.TRAIN_PHOTOS,
           log_every: int = 100, log=print) -> tuple[torch.nn.Module, dict]:
     """Train from scratch; returns the model (eval mode) and a summary (losses, time)."""
     arch_kwargs = dict(DEFAULT_ARCH_KWARGS[arch] if arch_kwargs is None else arch_kwargs)
@@ -226,6 +226,9 @@ def main(argv=None) -> int:
                    help="Gaussian blur std in pixels of the held-out photos (--task deblur)")
     p.add_argument("--train-blur-range", default=None,
                    help="LO,HI: training blur std drawn per crop from [LO, HI] (default: --blur-sigma)")
+    p.add_argument("--train-sigma-range", default=None,
+                   help="LO,HI: training noise std (0..255 scale) drawn per crop from [LO, HI] "
+                        "(blind denoising; default: --sigma)")
     p.add_argument("--calib", default=",".join(map(str, CALIB_SIZES)), help="TLC calibration sizes to sweep")
     p.add_argument("--tiles", default=None,
                    help="diagnostic tile sizes for tile-by-tile inference (default: the patch and twice it)")
@@ -250,8 +253,11 @@ def main(argv=None) -> int:
     train_blur = args.blur_sigma
     if args.train_blur_range:
         train_blur = tuple(float(v) for v in args.train_blur_range.split(","))
+    train_sigma = args.sigma
+    if args.train_sigma_range:
+        train_sigma = tuple(float(v) for v in args.train_sigma_range.split(","))
     model, summary = train(args.arch, arch_kwargs, steps=args.steps, patch=args.patch, batch=args.batch,
-                           seed=args.seed, lr=args.lr, loss=args.loss, task=args.task, sigma=args.sigma,
+                           seed=args.seed, lr=args.lr, loss=args.loss, task=args.task, sigma=train_sigma,
                            blur_sigma=train_blur, log_every=args.log_every,
                            log=lambda s: print(s, flush=True))
     out = save_checkpoint(model, args.out)
@@ -264,7 +270,10 @@ def main(argv=None) -> int:
         print(f"held-out mean PSNR {key:8s} {value:.3f} dB", flush=True)
 
     degradation = {"task": args.task, "noise": "additive white Gaussian, clipped to [0,1], rounded to 8 bits",
-                   "sigma_255": args.sigma, "noise_seed_train": args.seed + 1,
+                   "sigma_255": args.sigma,
+                   "sigma_255_train": (f"uniform in [{train_sigma[0]}, {train_sigma[1]}] per crop"
+                                       if isinstance(train_sigma, tuple) else train_sigma),
+                   "noise_seed_train": args.seed + 1,
                    "noise_seed_heldout": f"{photo_data.HELDOUT_SEED} + index of the photo"}
     if args.task == "deblur":
         degradation["blur"] = "isotropic Gaussian, reflect borders, before the noise"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -89,6 +90,7 @@ def test_sweep_end_to_end(checkpoint, pairs, tmp_path, capsys):
                  "--threads", "1", *ARGS]) == 0
     printed = capsys.readouterr().out
     assert "recommendation:" in printed and "global" in printed
+    assert re.search(r"^TLC (helps|helps on average|does not help these pairs): [+-]\d+\.\d\d dB \(min ", printed, re.M)
     report = json.loads((out / "sweep.json").read_text())
     assert [r["label"] for r in report["rows"]] == ["global", "16x16", "32x32"]
     assert [im["name"] for im in report["images"]] == ["face", "flag"]
@@ -103,6 +105,11 @@ def test_sweep_end_to_end(checkpoint, pairs, tmp_path, capsys):
     assert rec["calib"] in [r["calib"] for r in report["rows"][1:]]
     assert rec["mean_psnr"] == pytest.approx(max(r["mean_psnr"] for r in report["rows"][1:]), abs=1e-5)
     assert rec["beats_global"] == (rec["gain_db"] > 0)
+    verdict = report["verdict"]     # per-image gains of the best calibration size over the global model
+    best = next(r for r in report["rows"] if r["calib"] == rec["calib"])
+    gains = [t - g for t, g in zip(best["psnr"], report["rows"][0]["psnr"])]
+    assert verdict["gains_db"] == pytest.approx(gains, abs=1e-5)
+    assert verdict["mean_gain_db"] == pytest.approx(np.mean(gains), abs=1e-5) and verdict["images"] == 2
     png = out / "sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 100
 
@@ -188,6 +195,31 @@ def test_restore_bad_inputs(graph, tmp_path, capsys):
     same_dir = ["restore", str(graph), str(good), "-o", str(tmp_path)]
     assert "is the input file" in _one_line_error(capsys, same_dir)
     assert not out.exists()     # every input is checked before anything is written
+
+
+def test_verdict_wording_says_whether_tlc_helps():
+    from tlc_export.sweep import SweepResult, SweepRow
+
+    def result(global_psnrs, tlc_psnrs):
+        images = [{"name": f"im{i}", "input_psnr": 20.0} for i in range(len(global_psnrs))]
+        rows = [SweepRow("global", None, False, list(global_psnrs), [0.5] * len(global_psnrs)),
+                SweepRow("64x64", [64, 64], True, list(tlc_psnrs), [0.5] * len(tlc_psnrs)),
+                SweepRow("128x128", [128, 128], True, [p - 0.1 for p in global_psnrs], [0.5] * len(global_psnrs))]
+        return SweepResult("m.pth", images, rows, 1)
+
+    helps = result([30.0, 28.0, 25.0], [30.3, 28.6, 26.5])
+    assert helps.verdict()["helps"] and helps.verdict()["images_worse"] == 0
+    assert helps.verdict_text() == ("TLC helps: +0.80 dB (min +0.30, max +1.50 over 3 images, "
+                                    "best of 2 calibration sizes: 64x64)")
+    mixed = result([30.0, 28.0, 25.0], [29.8, 28.6, 26.5])
+    assert mixed.verdict_text().startswith("TLC helps on average: +0.63 dB (min -0.20, max +1.50")
+    assert mixed.verdict_text().endswith("but it is worse on 1 of 3 images")
+    neutral = result([30.0, 28.0], [30.004, 27.999])
+    assert not neutral.verdict()["helps"]
+    assert neutral.verdict_text().startswith("TLC does not help these pairs: +0.00 dB (min -0.00, max +0.00 over 2")
+    hurts = result([30.0], [29.5])
+    assert hurts.verdict_text() == ("TLC does not help these pairs: -0.10 dB (min -0.10, max -0.10 over 1 image, "
+                                    "best of 2 calibration sizes: 128x128)")
 
 
 def test_recommendation_wording():

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "sweep": "PSNR/SSIM of TLC at several calibration sizes against the global model on degraded/clean pairs.",
     "restore": "Restore PNG/JPEG images with a converted graph (any size; bit depth kept).",
     "build": "Build a TensorRT engine from a converted graph (needs TensorRT and a GPU).",
+    "compare": "Picture of degraded | global | TLC | clean and a |TLC - global| heat map for one image.",
 }
 
 

@@ -201,6 +201,34 @@ class SweepResult:
                 "global_mean_psnr": _finite(glob.mean_psnr), "gain_db": _finite(gain),
                 "beats_global": bool(math.isfinite(gain) and gain >= TIE_DB)}
 
+    def verdict(self) -> dict:
+        """Whether TLC helps on these pairs at all: the per-image PSNR gains of the best calibration size
+        over the global model, their mean and spread."""
+        best, glob = self.best, self.global_row
+        gains = [t - g for t, g in zip(best.psnr, glob.psnr)]
+        finite = [g for g in gains if math.isfinite(g)]
+        mean = _mean(finite)
+        return {"helps": bool(finite and mean >= TIE_DB), "calib": best.calib, "mean_gain_db": _finite(mean),
+                "min_gain_db": _finite(min(finite)) if finite else None,
+                "max_gain_db": _finite(max(finite)) if finite else None,
+                "images": len(gains), "images_improved": sum(g >= TIE_DB for g in finite),
+                "images_worse": sum(g <= -TIE_DB for g in finite), "gains_db": [_finite(g) for g in gains]}
+
+    def verdict_text(self) -> str:
+        v = self.verdict()
+        if v["mean_gain_db"] is None:
+            return "TLC: no finite PSNR on these pairs, no verdict"
+        n = v["images"]
+        spread = (f"min {v['min_gain_db']:+.2f}, max {v['max_gain_db']:+.2f} over {n} image{'s' * (n != 1)}, "
+                  f"best of {len(self.rows) - 1} calibration size{'s' * (len(self.rows) != 2)}: "
+                  f"{_size_label(v['calib'])}")
+        if not v["helps"]:
+            return f"TLC does not help these pairs: {v['mean_gain_db']:+.2f} dB ({spread})"
+        if v["images_worse"]:
+            return (f"TLC helps on average: {v['mean_gain_db']:+.2f} dB ({spread}), but it is worse on "
+                    f"{v['images_worse']} of {n} images")
+        return f"TLC helps: {v['mean_gain_db']:+.2f} dB ({spread})"
+
     def recommendation_text(self) -> str:
         rec, best = self.recommendation(), self.best
         import shlex
@@ -245,6 +273,7 @@ class SweepResult:
                       "ssim": [_finite(s) for s in r.ssim], "rewritten": r.rewritten, "windows": r.windows}
                      for r in self.rows],
             "recommendation": self.recommendation(),
+            "verdict": self.verdict(),
             "notes": self.notes,
         }
 

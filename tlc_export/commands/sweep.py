@@ -2,7 +2,8 @@
 
 Pairs in DIR: ``<name>_noisy|_degraded|_blur|_blurry|_lq.<png|jpg>`` with ``<name>_clean|_gt|_sharp|_hq``
 (see ``tlc_export/sweep.py``). Writes ``sweep.json`` and ``sweep.png`` (PSNR against calibration size,
-the global model as a horizontal line) into ``--out``, prints the table and a recommendation.
+the global model as a horizontal line) into ``--out``, prints the table, whether TLC helps on these
+pairs at all (mean gain and its spread over images) and a recommendation.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def run(args) -> int:
     for note in result.notes:
         print(f"tlc-export: note: {note}", file=sys.stderr)
     print(result.table())
+    print(result.verdict_text())
     print(result.recommendation_text())
     print(f"wrote {result.json_path} and {result.plot_path}")
     return 0
