@@ -43,6 +43,32 @@ def parse_size(text: str, what: str = "--calib") -> tuple[int, int]:
     return h, w
 
 
+AUTO_CALIB = "auto"
+
+
+def parse_calib(value) -> tuple[int, int] | str:
+    """``--calib``: a size (see ``parse_size``) or ``auto`` (the preset's training crop × 1.5, which
+    ``resolve_calib`` settles once the model is loaded). The one place ``auto`` is accepted."""
+    if isinstance(value, str) and value.strip().lower() == AUTO_CALIB:
+        return AUTO_CALIB
+    if isinstance(value, str):
+        return parse_size(value)
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def resolve_calib(calib: tuple[int, int] | str, loaded: LoadedModel) -> tuple[int, int]:
+    """``calib`` as a size; ``auto`` from the zoo's record of the preset's training crop."""
+    if calib != AUTO_CALIB:
+        return parse_calib(calib)
+    from .zoo.crops import training_crop
+
+    crop = training_crop(loaded.preset)
+    if crop is None:
+        raise UserError("--calib auto knows only the zoo presets' training crops; for this model measure a "
+                        "size with 'tlc-export sweep MODEL --pairs DIR --calib-sizes ...' and pass --calib HxW")
+    return crop.calib
+
+
 def parse_arch_kwargs(text: str | None) -> dict | None:
     """``--arch-kwargs`` JSON → dict (None when absent); anything but a JSON object is refused."""
     if not text:
@@ -202,8 +228,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
     start = time.perf_counter()
-    if isinstance(calib, str):
-        calib = parse_size(calib)
+    calib = parse_calib(calib)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
     if impl not in IMPLEMENTATIONS:
@@ -228,6 +253,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     else:
         _say(progress, f"loading {source}")
         loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    calib = resolve_calib(calib, loaded)
     notes = list(loaded.notes)
     traced = []
     prefix = ""

@@ -152,14 +152,16 @@ def verify(reference: nn.Module, onnx_model: onnx.ModelProto | str, inputs: list
     return report
 
 
-def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=None, arch_kwargs=None,
+def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int] | str, *, arch=None, arch_kwargs=None,
                       sizes: list[tuple[int, int]] | None = None, atol: float = 1e-4, photo: bool = True,
                       trust_pickle: bool = False, impl: str = "standard", batch: int = 1) -> VerifyReport:
     """Load ``model_path`` as the converter does, build its eager TLC reference at ``calib`` and verify."""
+    from .api import resolve_calib
     from .load import load_model
     from .reference import to_local
 
     loaded = load_model(model_path, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    calib = resolve_calib(calib, loaded)
     if loaded.module is None:
         raise UserError("verify needs the PyTorch model (a checkpoint, TorchScript or .pt2), not an .onnx file")
     model = onnx.load(str(onnx_path))
