@@ -197,3 +197,16 @@ def test_calib_auto_refuses_a_foreign_model_in_one_line(converted_families, tmp_
         assert code == 2 and len(err) == 1 and "sweep" in err[0]
     with pytest.raises(UserError):
         resolve_calib("auto", module_as_loaded(nn.Conv2d(3, 3, 1)))
+
+
+def test_progress_bars_are_silent_off_a_terminal(capsys):
+    """Under pytest stderr is not a terminal: bars print nothing and leave no hooks behind."""
+    from tlc_export.progress import bar, module_calls, ticking
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+    with ticking("exporting"), module_calls(model, "eager", 2) as b:
+        model(torch.rand(1, 3, 4, 4))
+    with bar(3, "x") as b3:
+        b3.update(3)
+    assert b.disable and capsys.readouterr().err == ""
+    assert not any(m._forward_hooks for m in model.modules())

@@ -23,6 +23,7 @@ from .errors import UserError
 from .export import export_onnx
 from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
 from .load import LoadedModel, load_model
+from .progress import ticking
 from .rewrite import RewriteRecord, find_global_ops, localize
 from .rewrite.subgraphs import BOX_FILTERS
 
@@ -266,7 +267,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
-        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family)
+        with ticking("exporting ONNX"):
+            graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family)
         prefix = "model."
     else:
         graph_model = loaded.onnx_model
@@ -275,8 +277,9 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     records: list[RewriteRecord] = []
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
-        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
-                                              known_paths={t["path"] for t in traced}, box_filter=box_filter)
+        with ticking("calibrating and rewriting"):
+            graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
+                                                  known_paths={t["path"] for t in traced}, box_filter=box_filter)
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)

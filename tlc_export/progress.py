@@ -15,16 +15,16 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def bar(total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
+def bar(total: int | None = None, desc: str = "", unit: str = "it", bar_format: str | None = None) -> tqdm:
     """A bar on stderr; disabled (no output at all) when stderr is not a terminal."""
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not interactive(),
-                leave=False, dynamic_ncols=True)
+                leave=False, dynamic_ncols=True, bar_format=bar_format)
 
 
 @contextmanager
 def ticking(desc: str, interval: float = 0.5):
     """For one long call that reports nothing (an ONNX export): a bar showing the elapsed time."""
-    with bar(desc=desc, unit="s") as b:
+    with bar(desc=desc, bar_format="{desc}: {elapsed} elapsed") as b:
         if b.disable:
             yield b
             return
