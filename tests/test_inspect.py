@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import FAMILY_CALIB, SMALL, perturb_identity_params
@@ -210,3 +209,13 @@ def test_progress_bars_are_silent_off_a_terminal(capsys):
         b3.update(3)
     assert b.disable and capsys.readouterr().err == ""
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_onnx_input_is_inspected_without_pytorch(converted_families, families):
+    """A global .onnx graph: the same ops and windows as from the checkpoint; no effect (no eager model)."""
+    graph = converted_families["mprnet"][3].onnx_path
+    result = inspect_model(graph, FAMILY_CALIB, size=SIZE)
+    from_ckpt = families["mprnet"][3]
+    assert [(o.onnx_name, o.window, o.extra_macs_exact) for o in result.ops] == \
+        [(o.onnx_name, o.window, o.extra_macs_exact) for o in from_ckpt.ops]
+    assert result.model_macs == from_ckpt.model_macs and "needs the PyTorch model" in result.table()

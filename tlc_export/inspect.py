@@ -24,7 +24,6 @@ import onnx_graphsurgeon as gs
 from .api import (_check_multiple, _input_channels, _known_module_path, module_as_loaded, parse_calib,
                   parse_size, resolve_calib)
 from .calibrate import calibrate_windows, calibration_shape, import_graph
-from .errors import UserError
 from .load import LoadedModel, load_model
 from .macs import GraphMacs, graph_macs, per_pixel_macs, run_time_shapes
 from .rewrite import _pool_after, find_global_ops
@@ -64,6 +63,7 @@ class Inspection:
     attention_macs: int
     unknown_mac_nodes: list[str] = field(default_factory=list)
     effect: dict | None = None
+    effect_note: str = ""
 
     @property
     def extra_exact(self) -> int:
@@ -306,6 +306,9 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
                         macs.layers, macs.activation_matmuls, macs.unknown)
     if effect and calib and ops and loaded.module is not None:
         result.effect = tlc_effect(loaded, calib, size, run_shape[1], progress)
+    elif calib and ops:
+        result.effect_note = ("not measured (--no-effect)" if not effect else
+                              "not measured: it needs the PyTorch model, not an .onnx graph")
     return result
 
 
@@ -367,6 +370,8 @@ def render_table(result: Inspection) -> str:
     if result.calib:
         lines.append(f"exact TLC adds {human(result.extra_exact)} ({_share(result.extra_exact, total)}); "
                      f"fast mode adds {human(result.extra_fast)} ({_share(result.extra_fast, total)})")
+    if result.effect_note:
+        lines.append(f"TLC effect: {result.effect_note}")
     if result.effect:
         e = result.effect
         lines.append(f"TLC effect at {size} ({e['image']}, eager reference): max |local - global| "
