@@ -25,6 +25,7 @@ from .fast_rules import FAST_KINDS, max_factors
 from . import guards
 from .convert_outputs import bake_shape, claim_outputs
 from .load import LoadedModel, load_model
+from .progress import ticking
 from .rewrite import RewriteRecord, find_global_ops, localize
 from .rewrite.subgraphs import BOX_FILTERS
 
@@ -43,6 +44,32 @@ def parse_size(text: str, what: str = "--calib") -> tuple[int, int]:
     if h < 1 or w < 1:
         raise UserError(f"{what} {text!r} must be positive, e.g. 384x384")
     return h, w
+
+
+AUTO_CALIB = "auto"
+
+
+def parse_calib(value) -> tuple[int, int] | str:
+    """``--calib``: a size (see ``parse_size``) or ``auto`` (the preset's training crop × 1.5, which
+    ``resolve_calib`` settles once the model is loaded). The one place ``auto`` is accepted."""
+    if isinstance(value, str) and value.strip().lower() == AUTO_CALIB:
+        return AUTO_CALIB
+    if isinstance(value, str):
+        return parse_size(value)
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def resolve_calib(calib: tuple[int, int] | str, loaded: LoadedModel) -> tuple[int, int]:
+    """``calib`` as a size; ``auto`` from the zoo's record of the preset's training crop."""
+    if calib != AUTO_CALIB:
+        return parse_calib(calib)
+    from .zoo.crops import training_crop
+
+    crop = training_crop(loaded.preset)
+    if crop is None:
+        raise UserError("--calib auto knows only the zoo presets' training crops; for this model measure a "
+                        "size with 'tlc-export sweep MODEL --pairs DIR --calib-sizes ...' and pass --calib HxW")
+    return crop.calib
 
 
 def parse_arch_kwargs(text: str | None) -> dict | None:
@@ -209,8 +236,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
     start = time.perf_counter()
-    if isinstance(calib, str):
-        calib = parse_size(calib)
+    calib = parse_calib(calib)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
     if impl not in IMPLEMENTATIONS:
@@ -237,6 +263,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         _say(progress, f"loading {source}")
         loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
     _check_loaded(loaded, source)
+    calib = resolve_calib(calib, loaded)
     notes = list(loaded.notes)
     traced = []
     prefix = ""
@@ -254,7 +281,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         dynamic = not static or tlc
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
-        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=dynamic, family=loaded.family)
+        with ticking("exporting ONNX"):
+            graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=dynamic, family=loaded.family)
         prefix = "model."
     else:
         graph_model = loaded.onnx_model
@@ -264,9 +292,10 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     records: list[RewriteRecord] = []
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
-        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
-                                              known_paths={t["path"] for t in traced}, box_filter=box_filter,
-                                              fast=fast)
+        with ticking("calibrating and rewriting"):
+            graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
+                                                  known_paths={t["path"] for t in traced},
+                                                  box_filter=box_filter, fast=fast)
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)

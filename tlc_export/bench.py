@@ -83,15 +83,20 @@ def machine_description() -> str:
 
 def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1) -> dict[str, list[float]]:
     """Interleaved timing: ``warmup`` untimed rounds, then ``runs`` rounds of one call per contender."""
-    for _ in range(warmup):
-        for fn in contenders.values():
-            fn()
+    from .progress import bar
+
     times = {name: [] for name in contenders}
-    for _ in range(runs):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(1000 * (time.perf_counter() - start))
+    with bar((warmup + runs) * len(contenders), "benchmark", "run") as b:
+        for _ in range(warmup):
+            for fn in contenders.values():
+                fn()
+                b.update(1)
+        for _ in range(runs):
+            for name, fn in contenders.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(1000 * (time.perf_counter() - start))
+                b.update(1)
     return times
 
 

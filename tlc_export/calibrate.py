@@ -64,12 +64,45 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference gives up on some graphs; ONNX Runtime settles those below
         return {}
+    return _shapes_of(inferred)
+
+
+def _shapes_of(inferred: onnx.ModelProto) -> dict[str, list[int | None]]:
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     return shapes
+
+
+def static_shapes(model: onnx.ModelProto, shape: tuple[int, ...], thorough: bool = False) -> dict[str, list[int | None]]:
+    """Inferred shape of every tensor of ``model`` when its input is fixed to ``shape`` (the input too).
+    ``thorough``: ONNX Runtime's symbolic shape inference, which follows shape arithmetic (a pad to a
+    multiple of 16 computed from the input size) where ONNX's stops; where it refuses the graph (a
+    Reshape to a computed shape), ONNX's inference after folding the now-constant shape arithmetic."""
+    fixed = _with_static_input(model, shape)
+    known = (_symbolic_shapes(fixed) or _inferred_shapes(_folded(fixed))) if thorough else _inferred_shapes(fixed)
+    known[graph_input(fixed).name] = list(shape)
+    return known
+
+
+def _folded(model: onnx.ModelProto) -> onnx.ModelProto:
+    from polygraphy.backend.onnx import fold_constants
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        return fold_constants(model, num_passes=None)
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # it refuses some graphs; ONNX's inference is the fallback
+        return None
+    return _shapes_of(inferred)
 
 
 def _run_for_values(model: onnx.ModelProto, names: list[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -99,8 +132,7 @@ def calibrate_windows(model: onnx.ModelProto, ops: list[GlobalOp], calib: tuple[
     """``{op.name: (kh, kw)}`` for every global op, from the graph at the calibration size."""
     shape = calibration_shape(model, calib, input_shape)
     fixed = _with_static_input(model, shape)
-    known = _inferred_shapes(fixed)
-    known[graph_input(fixed).name] = list(shape)
+    known = static_shapes(model, shape)
 
     def spatial(name):
         dims = known.get(name)

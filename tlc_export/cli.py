@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "verify": "Compare a converted graph with the eager PyTorch TLC reference.",
     "bench": "Median latency of global / TLC graphs, the eager reference and patch inference.",
     "sweep": "PSNR/SSIM of TLC at several calibration sizes against the global model on degraded/clean pairs.",
+    "inspect": "List the ops that aggregate over all pixels, their TLC windows, extra multiply-adds and effect.",
     "restore": "Restore PNG/JPEG images with a converted graph (any size; bit depth kept).",
     "build": "Build a TensorRT engine from a converted graph (needs TensorRT and a GPU).",
     "compare": "Picture of degraded | global | TLC | clean and a |TLC - global| heat map for one image.",
@@ -33,7 +34,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tlc-export", description="Convert a restoration network's global ops to TLC local "
                 "ops inside an exported ONNX graph. Subcommands: " + ", ".join(SUBCOMMANDS) + ".")
     p.add_argument("model", help="checkpoint (.pth), TorchScript, torch.export (.pt2) or .onnx file")
-    p.add_argument("--calib", required=True, help="calibration image size HxW (e.g. 384x384, 384, 384,384)")
+    p.add_argument("--calib", required=True, help="calibration image size HxW (e.g. 384x384, 384, 384,384), or auto: a zoo preset's training crop x 1.5")
     p.add_argument("--arch", help="preset or family for a checkpoint (default: detected from its keys)")
     p.add_argument("--arch-kwargs", help="JSON of constructor keyword arguments (official names)")
     p.add_argument("-o", "--output", help="output .onnx path (default: <stem>.tlc.onnx beside the input)")

@@ -157,7 +157,7 @@ def verify(reference: nn.Module, onnx_model: onnx.ModelProto | str, inputs: list
     return report
 
 
-def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=None, arch_kwargs=None,
+def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int] | str, *, arch=None, arch_kwargs=None,
                       sizes: list[tuple[int, int]] | None = None, atol: float = 1e-4, photo: bool = True,
                       trust_pickle: bool = False, impl: str = "standard", batch: int = 1,
                       fast: bool = False) -> VerifyReport:
@@ -165,6 +165,7 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=Non
     official fast mode, for graphs converted with --fast) and verify."""
     from . import guards
     from .fileio import read_onnx
+    from .api import resolve_calib
     from .load import load_model
     from .reference import to_local
 
@@ -172,6 +173,7 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int], *, arch=Non
     guards.check_arch_kwargs(arch, arch_kwargs)
     model = read_onnx(onnx_path)
     loaded = load_model(model_path, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    calib = resolve_calib(calib, loaded)
     if loaded.module is None:
         raise UserError("verify needs the PyTorch model (a checkpoint, TorchScript or .pt2), not an .onnx file")
     guards.check_finite_weights(guards.module_tensors(loaded.module), str(model_path))

@@ -8,7 +8,7 @@ import sys
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="checkpoint / TorchScript / .pt2 (as for conversion)")
-    parser.add_argument("--calib", required=True, help="calibration size HxW")
+    parser.add_argument("--calib", required=True, help="calibration size HxW, or auto (a zoo preset's training crop x 1.5)")
     parser.add_argument("--size", default="512x512", help="benchmark input HxW (default 512x512)")
     parser.add_argument("--arch", help="preset or family")
     parser.add_argument("--arch-kwargs", help="JSON constructor keyword arguments")
@@ -28,13 +28,13 @@ def run(args) -> int:
     import numpy as np
 
     from .. import __version__, guards
-    from ..api import convert, parse_arch_kwargs, parse_size
+    from ..api import convert, parse_arch_kwargs, parse_calib, parse_size
     from ..bench import bench_model
     from ..cli import progress_printer
     from ..errors import UserError
     from ..fileio import OutputSet, is_tlc_graph, is_tlc_report
 
-    calib, size = parse_size(args.calib), parse_size(args.size, "--size")
+    calib, size = parse_calib(args.calib), parse_size(args.size, "--size")
     if args.runs < 5:
         raise UserError("--runs must be at least 5 (medians of fewer runs are noise)")
     guards.check_threads(args.threads)
@@ -59,7 +59,8 @@ def run(args) -> int:
             raise UserError(f"--size {size[0]}x{size[1]} is not a multiple of {m}, which the model needs")
         channels = tlc.report["inputs"][0]["shape"][1]
         x = np.random.default_rng(0).random((1, channels, *size), dtype=np.float32)
-        report = bench_model(loaded.module, tlc.onnx_path, glob.onnx_path, x, calib, threads=args.threads,
+        report = bench_model(loaded.module, tlc.onnx_path, glob.onnx_path, x, tuple(tlc.report["calib"]),
+                             threads=args.threads,
                              runs=args.runs, final_stage_last=loaded.family == "hinet", multiple=m,
                              name=loaded.preset or Path(args.model).name, eager=not args.no_eager,
                              patches=not args.no_patches, progress=progress,

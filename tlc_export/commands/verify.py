@@ -7,7 +7,7 @@ import json
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="the PyTorch model the graph was converted from")
     parser.add_argument("graph", help="the converted .onnx graph")
-    parser.add_argument("--calib", required=True, help="the calibration size used for the conversion")
+    parser.add_argument("--calib", required=True, help="the calibration size used for the conversion (HxW, or auto for a zoo preset)")
     parser.add_argument("--arch", help="preset or family (as for conversion)")
     parser.add_argument("--arch-kwargs", help="JSON constructor keyword arguments (as for conversion)")
     parser.add_argument("--sizes", help="comma-separated HxW sizes to test (default: two around --calib)")
@@ -23,11 +23,11 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from .. import __version__, guards
-    from ..api import parse_arch_kwargs, parse_size
+    from ..api import parse_arch_kwargs, parse_calib, parse_size
     from ..fileio import OutputSet, read_onnx
     from ..verify import verify_checkpoint
 
-    calib = parse_size(args.calib)
+    calib = parse_calib(args.calib)
     sizes = [parse_size(s, "--sizes") for s in args.sizes.split(",")] if args.sizes else None
     atol = guards.check_atol(args.atol)
     kwargs = parse_arch_kwargs(args.arch_kwargs)
