@@ -145,7 +145,6 @@ def part_kernel_speed(shapes, device, timer) -> list[dict]:
             rows.append({"shape": list(shape), "window": list(window), "dtype": str(dtype).removeprefix("torch."),
                          "local_mean_ms": local, "global_mean_ms": pool, "ratio": local / pool,
                          "goal_ratio": 3.0, "meets_goal": bool(local / pool <= 3.0)})
-            del x, out
     return rows
 
 
@@ -205,8 +204,8 @@ def part_models(models, size, calib, device, timer) -> list[dict]:
         rows.append({"model": name, "size": list(size), "calib": list(calib), "ops_on_triton": swapped,
                      "triton_vs_reference_max_abs": err,
                      "contenders": [{"name": k, "median_ms": v, "ratio_to_global": v / base} for k, v in times.items()]})
-        del contenders, x
-        if device.type == "cuda":
+        if device.type == "cuda":       # the next preset's models need the memory
+            contenders.clear()
             torch.cuda.empty_cache()
     return rows
 
