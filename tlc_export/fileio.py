@@ -25,6 +25,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,16 +195,22 @@ class _Output:
 
 @contextmanager
 def _signals_held():
-    """Hold SIGINT/SIGTERM (delivered when the block ends) so a commit's renames are not cut in two."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT/SIGTERM so a commit's renames are not cut in two: they are recorded meanwhile and
+    re-raised (to the previous handlers) when the block ends. Python-level handlers, not a signal mask:
+    a mask on this thread would not stop delivery through ONNX Runtime's or torch's worker threads."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
 
 
 def _temp_name(final: Path, kind: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .fileio import OutputSet, is_tlc_png, tag_png
+from .fileio import OutputSet, is_tlc_png, read_onnx, tag_png
 
 SUPPORTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}   # MPO: multi-picture camera JPEGs
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -452,8 +452,7 @@ def restore_files(graph: str | Path, inputs: list[str | Path], out_dir: str | Pa
         raise UserError(f"--max-pixels {max_pixels} must be positive")
     check_threads(threads)
     graph = Path(graph)
-    if not graph.is_file():
-        raise UserError(f"graph not found: {graph}")
+    read_onnx(graph)                  # missing, empty or corrupt: one line before any image is read
     inputs = [Path(p) for p in inputs]
     headers = [probe_image(p, max_pixels) for p in inputs]
     for header in headers:
@@ -463,7 +462,7 @@ def restore_files(graph: str | Path, inputs: list[str | Path], out_dir: str | Pa
         out_dir = written.output_dir(out_dir, "-o")
         outputs = output_paths(inputs, out_dir)
         for inp, out in zip(inputs, outputs):
-            written.claim(out, f"the output for {inp.name}", explicit=False, recognise=is_tlc_png)
+            written.claim(out, "the restored image", explicit=False, recognise=is_tlc_png)
         runner = GraphRunner(graph, m, threads)
         if note is not None and source.startswith("the default"):
             note(f"padding to multiples of {m}, {source}")
