@@ -154,8 +154,9 @@ def summary(rows: list[tuple[str, bool, float]]) -> None:
     uniform = [r for r in rows if not r[1]]
     print("\nSummary:")
     if varying:
+        each = ", ".join(f"{name} {gain:+.2f}" for name, _, gain in varying)
         print(f"  degradation varying across the image: TLC {min(r[2] for r in varying):+.2f} .. "
-              f"{max(r[2] for r in varying):+.2f} dB ({', '.join(f'{n} {g:+.2f}' for n, g in ((r[0], r[2]) for r in varying))})")
+              f"{max(r[2] for r in varying):+.2f} dB ({each})")
     if uniform:
         print(f"  uniform degradation: TLC {min(r[2] for r in uniform):+.2f} .. {max(r[2] for r in uniform):+.2f} dB "
               f"-- use the global model there (tlc-export --no-tlc), or check with tlc-export sweep")

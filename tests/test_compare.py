@@ -153,7 +153,8 @@ def test_compare_bad_input(checkpoint, graphs, photos, tmp_path, capsys):
     assert "not found" in _one_line_error(capsys, base + [str(tmp_path / "nope.png"), "--calib", CALIB, *ARGS])
     assert "is the input" in _one_line_error(capsys, base + [str(noisy), "--calib", CALIB, "-o", str(noisy), *ARGS])
     assert noisy.read_bytes() == before
-    assert ".png" in _one_line_error(capsys, base + [str(noisy), "--calib", CALIB, "-o", str(tmp_path / "a.jpg"), *ARGS])
+    jpg = ["-o", str(tmp_path / "a.jpg")]
+    assert ".png" in _one_line_error(capsys, base + [str(noisy), "--calib", CALIB, *jpg, *ARGS])
     small = _save(tmp_path / "small.png", np.asarray(Image.open(clean))[:40, :40])
     assert "same size" in _one_line_error(capsys, base + [str(noisy), "--calib", CALIB, "--clean", str(small), *ARGS])
     assert "--calib" in _one_line_error(capsys, base + [str(noisy), "--calib", "0x3", *ARGS])

@@ -50,7 +50,8 @@ def run(args) -> int:
         print(f"PSNR: degraded {p['degraded']:.2f} dB, global {p['global']:.2f} dB, TLC {label} {p['tlc']:.2f} dB "
               f"-> TLC {result.gain_db:+.2f} dB on this image")
     print(f"|TLC - global| on the 0..1 scale: mean {result.mean_change:.4f}, max {result.max_change:.4f} "
-          f"({result.rewritten} global ops made local)")
+          f"({result.rewritten} global ops made local; global {result.seconds['global']:.1f} s, "
+          f"TLC {result.seconds['tlc']:.1f} s)")
     top, left, h, w = result.crop
     print(f"wrote {result.output}: {' | '.join(result.panels)} (panels: {w}x{h} at top {top}, left {left})")
     return 0
