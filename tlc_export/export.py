@@ -70,7 +70,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], opset:
         dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
         dynamic_axes.update({name: {0: "batch", 2: "out_height", 3: "out_width"} for name in outputs})
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    # no_grad: otherwise the trace records autograd state and keeps every activation alive (full
+    # Restormer at 192x192: 8.0 GB peak against 1.6 GB; at a 576 calibration it exhausts 23 GB).
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; its warnings are noise here
         torch.onnx.export(wrapped, (example,), buffer, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=dynamic_axes,

@@ -361,6 +361,8 @@ def render_table(result: Inspection) -> str:
              f"calibration: {result.calib_note}",
              f"global ops: {len(result.ops)} ({len(result.ops) - kept} rewritten, {kept} kept global); "
              f"down = the level's downsampling factor, window = input H×W at the calibration size",
+             "+exact / +fast = multiply-adds exact TLC / fast mode add at the run-time size "
+             "('-': no fast form, official fast_imp raises for attention)",
              ""]
     lines += _columns(_op_rows(result)) if result.ops else ["(no op aggregates over all pixels)"]
     lines += ["", f"model multiply-adds at {size}: {human(total)} (conv/linear layers {human(result.model_macs)}, "
