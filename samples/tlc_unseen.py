@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     glob = loaded.module.eval()
     local, _ = to_local(copy.deepcopy(glob), (args.calib, args.calib))
     photos = {name: load_unseen(name) for name in PHOTOS}
-    print(f"TLC {args.calib}x{args.calib} minus global, PSNR dB ({ckpt.name}, {CROP[0]}x{CROP[1]} crops, noise sigma 2)")
+    print(f"TLC {args.calib}x{args.calib} minus global, PSNR dB ({ckpt.name}, {CROP[0]}x{CROP[1]} crops, "
+          f"noise sigma 2)")
     print(f"{'layout':22s} " + " ".join(f"{n[:12]:>12s}" for n in PHOTOS) + f" {'mean':>7s}")
     for layout, stds in LAYOUTS.items():
         gains = []

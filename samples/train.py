@@ -75,7 +75,8 @@ def compute_loss(out, target: torch.Tensor, kind: str) -> torch.Tensor:
 
 def train(arch: str, arch_kwargs: dict | None = None, *, steps: int = 4000, patch: int = 64, batch: int = 8,
           seed: int = 0, lr: float | None = None, loss: str = "psnr", task: str = "denoise",
-          sigma: float | tuple[float, float] = 25.0, blur_sigma: float | tuple[float, float] = 2.0, photos=photo_data.TRAIN_PHOTOS,
+          sigma: float | tuple[float, float] = 25.0, blur_sigma: float | tuple[float, float] = 2.0,
+          photos=photo_data.TRAIN_PHOTOS,
           log_every: int = 100, log=print) -> tuple[torch.nn.Module, dict]:
     """Train from scratch; returns the model (eval mode) and a summary (losses, time)."""
     arch_kwargs = dict(DEFAULT_ARCH_KWARGS[arch] if arch_kwargs is None else arch_kwargs)

@@ -160,3 +160,7 @@ def test_compare_bad_input(checkpoint, graphs, photos, tmp_path, capsys):
     assert "--calib" in _one_line_error(capsys, base + [str(noisy), "--calib", "0x3", *ARGS])
     assert "already converted" in _one_line_error(capsys, ["compare", str(graphs["tlc"]), str(noisy), "--calib", CALIB])
     assert not (tmp_path / "a.jpg").exists() and not list(tmp_path.glob("*.tlc-compare.png"))
+    plain = torch.jit.script(torch.nn.Conv2d(3, 3, 3, padding=1))          # no global op: nothing to compare
+    plain.save(str(tmp_path / "plain.pt"))
+    argv = ["compare", str(tmp_path / "plain.pt"), str(noisy), "--calib", CALIB]
+    assert "no global op" in _one_line_error(capsys, argv)

@@ -75,21 +75,33 @@ def eager_run(module, multiple: int, hinet: bool) -> Run:
     def run(image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         x = pad_to_multiple(np.ascontiguousarray(image.transpose(2, 0, 1)[None]), multiple)
-        with torch.no_grad():
-            y = _final_output(module(torch.from_numpy(x)), hinet)
+        try:
+            with torch.no_grad():
+                y = _final_output(module(torch.from_numpy(x)), hinet)
+        except (RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"the model failed on a {x.shape[2]}x{x.shape[3]} input ({first}); does it need "
+                            f"another size multiple? (--multiple N)") from None
+        if y.dim() != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+            raise UserError(f"the model's output has shape {list(y.shape)} for input {list(x.shape)}; compare "
+                            f"handles same-size restoration models only")
         return np.ascontiguousarray(y[0, :, :h, :w].numpy().transpose(1, 2, 0)).astype(np.float32)
 
     return run
 
 
-def eager_pair(loaded, calib: tuple[int, int]) -> tuple[Run, Run, int, int]:
+def eager_pair(loaded, calib: tuple[int, int], multiple: int | None = None) -> tuple[Run, Run, int, int]:
     """(global run, TLC run, input channels, ops made local) for a loaded PyTorch model."""
     from .api import _check_multiple, _input_channels
     from .reference import to_local
 
     _check_multiple(loaded, calib, "--calib")
+    if multiple is not None and multiple < 1:
+        raise UserError(f"--multiple {multiple} must be a positive integer")
     local, records = to_local(copy.deepcopy(loaded.module), calib)
-    m, hinet = loaded.input_multiple, loaded.family == "hinet"
+    if not records:
+        raise UserError(f"no global op in {loaded.path}: TLC changes nothing on this model")
+    m, hinet = multiple or loaded.input_multiple, loaded.family == "hinet"
     channels = _input_channels(loaded, calib)
     return eager_run(loaded.module, m, hinet), eager_run(local, m, hinet), channels, len(records)
 
@@ -119,7 +131,7 @@ def model_pair(model: Path, calib: tuple[int, int], *, arch, arch_kwargs, multip
         import torch
 
         torch.set_num_threads(threads)
-    return eager_pair(loaded, calib)
+    return eager_pair(loaded, calib, multiple)
 
 
 # ----------------------------------------------------------------------------------------- the picture

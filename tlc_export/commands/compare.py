@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--arch", help="preset or family for a checkpoint (default: detected from its keys)")
     parser.add_argument("--arch-kwargs", help="JSON of constructor keyword arguments (official names)")
     parser.add_argument("--multiple", type=int,
-                        help="pad an .onnx graph's input to multiples of N (default: from its conversion report)")
+                        help="pad the input to multiples of N (default: the zoo rule for a checkpoint, the "
+                             "conversion report beside an .onnx graph)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime")
