@@ -24,7 +24,7 @@ def run(args) -> int:
 
     from .. import __version__, guards
     from ..api import parse_arch_kwargs, parse_size
-    from ..fileio import OutputSet
+    from ..fileio import OutputSet, read_onnx
     from ..verify import verify_checkpoint
 
     calib = parse_size(args.calib)
@@ -32,6 +32,7 @@ def run(args) -> int:
     atol = guards.check_atol(args.atol)
     kwargs = parse_arch_kwargs(args.arch_kwargs)
     guards.check_arch_kwargs(args.arch, kwargs)
+    read_onnx(args.graph)
     with OutputSet([args.model, args.graph]) as outputs:
         if args.json:
             outputs.claim(args.json, "the --json report", explicit=True)
