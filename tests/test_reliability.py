@@ -371,11 +371,13 @@ def test_non_finite_weights_name_the_tensor(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]
 
 
-def test_absurd_sizes_are_refused_with_an_estimate(work, capsys):
+def test_absurd_sizes_are_refused_with_an_estimate(work, graph, capsys):
     one_line(*cli([work / "naf.pth", "--calib", "99999x99999", *NAFNET], capsys),
              "--calib 99999x99999 needs at least", "GiB of memory (estimated)")
     one_line(*cli([work / "naf.pth", "--calib", CALIB, *NAFNET, "--input-shape", "64x3x8192x8192"], capsys),
              "--input-shape 64x3x8192x8192 needs at least")
+    one_line(*cli(["verify", work / "naf.pth", graph, "--calib", CALIB, *NAFNET, "--sizes", "64x64,99996x99996"],
+                  capsys), "--sizes 99996x99996 needs at least")
     huge = json.dumps({**SMALL["nafnet"], "width": 200000})
     one_line(*cli([work / "naf.pth", "--calib", CALIB, "--arch", "nafnet", "--arch-kwargs", huge], capsys),
              "GiB of weights", "check the --arch-kwargs")

@@ -21,7 +21,6 @@ adds has ``/tlc/`` in its name) stay FP32 in every build:
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Sequence
 

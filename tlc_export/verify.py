@@ -182,6 +182,8 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int] | str, *, ar
     if sizes is None:
         sizes = [(calib[0] + 2 * max(m, 8), calib[1] + 3 * max(m, 8)), (max(m, calib[0] // 2 // m * m), calib[1] * 2)]
     sizes = [(h // m * m or m, w // m * m or m) for h, w in sizes]
+    for h, w in sizes:              # the reference, the global model and the graph all run at each size
+        guards.check_run_size(loaded.module, (batch, channels, h, w), f"--sizes {h}x{w}", m)
     inputs = random_inputs(channels, sizes, batch=batch)
     if photo:
         inputs.append(photo_input(channels, m))
