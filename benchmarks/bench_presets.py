@@ -45,6 +45,7 @@ def render(entries: list[dict]) -> None:
                   f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
                   f"{entry['threads']} threads, {entry['runs']} runs. Command: `{entry['command']}`", "",
                   *_floor_lines(entry),
+                  *([entry["note"], ""] if entry.get("note") else []),
                   "| contender | median | x global graph |", "|---|---|---|"]
         lines += [f"| {r['name']} | {r['median_ms']:.0f} ms | {r['ratio_to_global_graph']:.3f} |" for r in entry["rows"]]
         lines.append("")
@@ -52,8 +53,10 @@ def render(entries: list[dict]) -> None:
 
 
 def _key(entry: dict) -> str:
-    """Entries accumulate per (preset, input, calibration): measuring one again replaces its row."""
-    return f"{entry['model']} {entry['input_shape']} {entry['calib']}"
+    """Entries accumulate per (preset, input, calibration, with or without the fast graph): measuring one
+    again replaces its table."""
+    fast = any(r["name"].startswith("fast") for r in entry["rows"])
+    return f"{entry['model']} {entry['input_shape']} {entry['calib']}" + (" fast" if fast else "")
 
 
 def _floor_lines(entry: dict) -> list[str]:
@@ -74,6 +77,7 @@ def main() -> int:
     ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--no-patches", action="store_true")
     ap.add_argument("--fast", action="store_true", help="also the --fast graph (and eager fast reference)")
+    ap.add_argument("--note", help="a remark printed under the table (e.g. the machine was loaded)")
     ap.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = ap.parse_args()
     if args.render_only:
@@ -104,6 +108,8 @@ def main() -> int:
     for rep, floors in reports:
         entry = rep.as_dict()
         entry["floors"] = floors
+        if args.note:
+            entry["note"] = args.note
         entry["command"] = (f".venv/bin/python benchmarks/bench_presets.py --presets {rep.model} --size {args.size} "
                             f"--calib {args.calib} --runs {args.runs} --threads {args.threads}"
                             + "".join(f" --{flag.replace('_', '-')}" for flag in ("no_eager", "no_patches", "fast")
