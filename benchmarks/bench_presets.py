@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def render(entries: list[dict]) -> None:
         lines += [f"## {entry['model']} at {entry['input_shape'][2]}x{entry['input_shape'][3]}, "
                   f"calibration {entry['calib'][0]}", "",
                   f"Input {'x'.join(map(str, entry['input_shape']))}, calibration {entry['calib'][0]}x{entry['calib'][1]}, "
-                  f"{entry['threads']} threads, {entry['runs']} runs. Command: `{entry['command']}`", "",
+                  f"{entry['threads']} threads, {entry['runs']} runs, {entry.get('clock', 'wall clock')}. "
+                  f"Command: `{entry['command']}`", "",
                   *_floor_lines(entry),
+                  *([entry["note"], ""] if entry.get("note") else []),
                   "| contender | median | x global graph |", "|---|---|---|"]
         lines += [f"| {r['name']} | {r['median_ms']:.0f} ms | {r['ratio_to_global_graph']:.3f} |" for r in entry["rows"]]
         lines.append("")
@@ -52,8 +55,10 @@ def render(entries: list[dict]) -> None:
 
 
 def _key(entry: dict) -> str:
-    """Entries accumulate per (preset, input, calibration): measuring one again replaces its row."""
-    return f"{entry['model']} {entry['input_shape']} {entry['calib']}"
+    """Entries accumulate per (preset, input, calibration, with or without the fast graph): measuring one
+    again replaces its table."""
+    fast = any(r["name"].startswith("fast") for r in entry["rows"])
+    return f"{entry['model']} {entry['input_shape']} {entry['calib']}" + (" fast" if fast else "")
 
 
 def _floor_lines(entry: dict) -> list[str]:
@@ -74,12 +79,18 @@ def main() -> int:
     ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--no-patches", action="store_true")
     ap.add_argument("--fast", action="store_true", help="also the --fast graph (and eager fast reference)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the calling thread's CPU time with 1 thread (robust when other jobs load the machine)")
+    ap.add_argument("--note", help="a remark printed under the table (e.g. the machine was loaded)")
     ap.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = ap.parse_args()
     if args.render_only:
         render(json.loads((ROOT / "benchmarks" / "results.json").read_text()))
         return 0
     size, calib = parse_size(args.size, "--size"), parse_size(args.calib)
+    if args.clock == "cpu":
+        args.threads = 1
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets.split(","):
@@ -95,7 +106,7 @@ def main() -> int:
                                  runs=args.runs, final_stage_last=name.startswith("HINet"),
                                  multiple=tlc.loaded.input_multiple, name=name, eager=not args.no_eager,
                                  progress=stderr_progress, patches=not args.no_patches,
-                                 fast_onnx=fast.onnx_path if fast else None)
+                                 fast_onnx=fast.onnx_path if fast else None, clock=clock)
             print(report.table(), flush=True)
             floors = {mode: round(floor_ratio(model, size, calib, fast=mode == "fast"), 4) for mode in ("exact", "fast")}
             reports.append((report, floors))
@@ -104,10 +115,13 @@ def main() -> int:
     for rep, floors in reports:
         entry = rep.as_dict()
         entry["floors"] = floors
+        entry["clock"] = "thread CPU time, 1 thread" if args.clock == "cpu" else "wall clock"
+        if args.note:
+            entry["note"] = args.note
         entry["command"] = (f".venv/bin/python benchmarks/bench_presets.py --presets {rep.model} --size {args.size} "
                             f"--calib {args.calib} --runs {args.runs} --threads {args.threads}"
                             + "".join(f" --{flag.replace('_', '-')}" for flag in ("no_eager", "no_patches", "fast")
-                                      if getattr(args, flag)))
+                                      if getattr(args, flag)) + (" --clock cpu" if args.clock == "cpu" else ""))
         entries[_key(entry)] = entry
     results_path.write_text(json.dumps(list(entries.values()), indent=2) + "\n")
     render(list(entries.values()))

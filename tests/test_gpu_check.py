@@ -23,7 +23,7 @@ def _run(args, interpret: bool, tmp_path):
         env["TRITON_INTERPRET"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
 
 
 @needs_triton

@@ -64,12 +64,15 @@ def test_verify_cli_exit_codes(nafnet, tmp_path, capsys):
 def test_bench_runs_end_to_end(nafnet, tmp_path, capsys):
     _, ckpt, _ = nafnet
     args = ["bench", str(ckpt), "--calib", "32", "--size", "48x64", "--arch", "nafnet",
-            "--arch-kwargs", json.dumps(SMALL["nafnet"]), "--threads", "1", "--runs", "5", "--out", str(tmp_path)]
+            "--arch-kwargs", json.dumps(SMALL["nafnet"]), "--threads", "1", "--runs", "5", "--out", str(tmp_path),
+            "--fast"]
     assert main(args) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     names = [r["name"] for r in report["rows"]]
-    assert names[:2] == ["global graph (ONNX Runtime)", "TLC graph (ONNX Runtime)"]
-    assert any("eager TLC" in n for n in names) and sum("patches" in n for n in names) == 2
+    assert names[:3] == ["global graph (ONNX Runtime)", "TLC graph (ONNX Runtime)", "fast TLC graph (ONNX Runtime)"]
+    assert any("eager TLC" in n for n in names) and any("eager fast TLC" in n for n in names)
+    assert sum("patches" in n for n in names) == 2
+    assert json.loads((tmp_path / "model.fast.json").read_text())["fast"] is True
     assert all(len(r["runs"]) == 5 and r["median_ms"] > 0 for r in report["rows"])
 
 

@@ -81,8 +81,11 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
 
 
-def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1) -> dict[str, list[float]]:
-    """Interleaved timing: ``warmup`` untimed rounds, then ``runs`` rounds of one call per contender."""
+def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Interleaved timing: ``warmup`` untimed rounds, then ``runs`` rounds of one call per contender.
+    ``clock``: wall clock by default; ``time.thread_time`` measures the calling thread's CPU time (with
+    one intra-op thread the work of a contender, whatever else loads the machine)."""
     from .progress import bar
 
     times = {name: [] for name in contenders}
@@ -93,9 +96,9 @@ def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, wa
                 b.update(1)
         for _ in range(runs):
             for name, fn in contenders.items():
-                start = time.perf_counter()
+                start = clock()
                 fn()
-                times[name].append(1000 * (time.perf_counter() - start))
+                times[name].append(1000 * (clock() - start))
                 b.update(1)
     return times
 
@@ -103,7 +106,7 @@ def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, wa
 def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: tuple[int, int], *,
                 threads: int = 2, runs: int = 5, final_stage_last: bool = False, multiple: int = 1,
                 name: str = "model", eager: bool = True, patches: bool = True, progress=None,
-                fast_onnx=None) -> BenchReport:
+                fast_onnx=None, clock: Callable[[], float] = time.perf_counter) -> BenchReport:
     """Time every contender on ``x``; ratios are to the global ONNX graph. ``fast_onnx``: also the graph
     converted with --fast (and, with ``eager``, the eager fast reference)."""
     from .reference import to_local
@@ -145,7 +148,7 @@ def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: 
                 lambda ov=overlap: patch_inference(graph_run(glob), x, PATCH, ov, multiple))
     if progress:
         progress(f"timing {len(contenders)} contenders x {runs} runs")
-    times = run_benchmark(contenders, runs=runs)
+    times = run_benchmark(contenders, runs=runs, clock=clock)
     base = float(np.median(times["global graph (ONNX Runtime)"]))
     rows = [BenchRow(n, float(np.median(t)), float(np.median(t)) / base, [round(v, 2) for v in t])
             for n, t in times.items()]

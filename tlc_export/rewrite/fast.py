@@ -43,6 +43,7 @@ class FastGrid:
     r2: gs.Tensor
     k1: gs.Tensor
     k2: gs.Tensor
+    cover: gs.Tensor | None = None    # set when r is 1 statically (max_r 1×1): the tail is the whole map
 
 
 def _factor(b: Builder, n: gs.Tensor, max_r: int) -> gs.Variable:
@@ -56,11 +57,16 @@ def _factor(b: Builder, n: gs.Tensor, max_r: int) -> gs.Variable:
 
 def subsample(b: Builder, x: gs.Tensor, window: Window, max_r: tuple[int, int]) -> tuple[gs.Variable, FastGrid]:
     """The samples of ``x`` the fast windows read (x[..., r1::r1, r2::r2], or x itself when the window
-    covers the map) and the run-time geometry."""
+    covers the map) and the run-time geometry. With ``max_r`` (1, 1) (deep levels) r is 1 whatever the
+    size: ``x`` itself is the tail and ``valid_mean`` drops the first window instead (no copy of x)."""
     h, w = b.dim(x, 2), b.dim(x, 3)
     kh, kw = b.const([int(window[0])]), b.const([int(window[1])])
     cover = b.op("And", [b.op("GreaterOrEqual", [kh, h]), b.op("GreaterOrEqual", [kw, w])])
     one, zero = b.const([1]), b.const([0])
+    if tuple(max_r) == (1, 1):
+        k1 = b.op("Where", [cover, h, b.op("Min", [b.op("Sub", [h, one]), kh])])
+        k2 = b.op("Where", [cover, w, b.op("Min", [b.op("Sub", [w, one]), kw])])
+        return b.op("Identity", [x]), FastGrid(h, w, one, one, k1, k2, cover)
     r1 = b.op("Where", [cover, one, _factor(b, h, max_r[0])])
     r2 = b.op("Where", [cover, one, _factor(b, w, max_r[1])])
     starts = b.op("Concat", [b.op("Where", [cover, zero, r1]), b.op("Where", [cover, zero, r2])], {"axis": 0})
@@ -75,25 +81,37 @@ def subsample(b: Builder, x: gs.Tensor, window: Window, max_r: tuple[int, int]) 
 
 def valid_mean(b: Builder, tail: gs.Tensor, grid: FastGrid) -> gs.Variable:
     """The (h' − k1)×(w' − k2) fast window means (before upsampling) of a ``subsample`` tail."""
-    return valid_box_mean(b, tail, b.dim(tail, 2), b.dim(tail, 3), grid.k1, grid.k2)
+    means = valid_box_mean(b, tail, b.dim(tail, 2), b.dim(tail, 3), grid.k1, grid.k2)
+    if grid.cover is None:
+        return means
+    # r = 1 with the whole map as tail: windows start at 0 … h−k; fast mode's start at 1 (unless global).
+    first = b.op("Where", [grid.cover, b.const([0]), b.const([1])])
+    return b.op("Slice", [means, b.op("Concat", [first, first], {"axis": 0}), b.const([_BIG, _BIG]),
+                          b.const([2, 3])])
 
 
 def upsample_and_pad(b: Builder, valid: gs.Tensor, grid: FastGrid, output: gs.Tensor | None = None):
     """Nearest upsampling of ``valid`` (N, C, a, c) by (r1, r2), then an edge Pad to h×w (top/left
     get the floor of the difference)."""
+    if grid.cover is not None:        # r = 1: nothing to upsample
+        return replicate_pad(b, valid, _pads(b, grid, b.dim(valid, 2), b.dim(valid, 3)), output)
     shape = b.op("Shape", [valid])
     n_c, rows, cols = (b.op("Slice", [shape, b.const([s]), b.const([e])]) for s, e in ((0, 2), (2, 3), (3, 4)))
     cells = b.op("Concat", [n_c, rows, grid.r1, cols, grid.r2], {"axis": 0})
     spread = b.op("Expand", [b.op("Unsqueeze", [valid, b.const([3, 5])]), cells])
     up_rows, up_cols = b.op("Mul", [rows, grid.r1]), b.op("Mul", [cols, grid.r2])
     up = b.op("Reshape", [spread, b.op("Concat", [n_c, up_rows, up_cols], {"axis": 0})])
-    rest_h, rest_w = b.op("Sub", [grid.h, up_rows]), b.op("Sub", [grid.w, up_cols])
+    return replicate_pad(b, up, _pads(b, grid, up_rows, up_cols), output)
+
+
+def _pads(b: Builder, grid: FastGrid, rows: gs.Tensor, cols: gs.Tensor) -> gs.Variable:
+    """Edge-Pad amounts from rows×cols to h×w: floor of the difference before, the rest after."""
+    rest_h, rest_w = b.op("Sub", [grid.h, rows]), b.op("Sub", [grid.w, cols])
     two = b.const([2])
     top, left = b.op("Div", [rest_h, two]), b.op("Div", [rest_w, two])
     zero2 = b.const([0, 0])
-    pads = b.op("Concat", [zero2, top, left, zero2, b.op("Sub", [rest_h, top]), b.op("Sub", [rest_w, left])],
+    return b.op("Concat", [zero2, top, left, zero2, b.op("Sub", [rest_h, top]), b.op("Sub", [rest_w, left])],
                 {"axis": 0})
-    return replicate_pad(b, up, pads, output)
 
 
 def fast_local_mean(b: Builder, x: gs.Tensor, window: Window, max_r: tuple[int, int],
