@@ -386,8 +386,10 @@ def render_table(result: Inspection) -> str:
     if result.unknown_mac_nodes:
         lines.append(f"  (not counted: {len(result.unknown_mac_nodes)} nodes whose shapes inference could not tell)")
     if result.calib:
+        has_fast = any(o.extra_macs_fast is not None for o in result.ops)
+        fast = f"{human(result.extra_fast)} ({_share(result.extra_fast, total)})" if has_fast else "n/a"
         lines.append(f"exact TLC adds {human(result.extra_exact)} ({_share(result.extra_exact, total)}); "
-                     f"fast mode adds {human(result.extra_fast)} ({_share(result.extra_fast, total)})")
+                     f"fast mode adds {fast}")
     if result.effect_note:
         lines.append(f"TLC effect: {result.effect_note}")
     if result.effect:
