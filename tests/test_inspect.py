@@ -219,3 +219,32 @@ def test_onnx_input_is_inspected_without_pytorch(converted_families, families):
     assert [(o.onnx_name, o.window, o.extra_macs_exact) for o in result.ops] == \
         [(o.onnx_name, o.window, o.extra_macs_exact) for o in from_ckpt.ops]
     assert result.model_macs == from_ckpt.model_macs and "needs the PyTorch model" in result.table()
+
+
+class MaxPooledAttention(nn.Module):
+    """Channel attention on a global *max* pool and a flattened-then-Linear pooled vector: neither has an
+    exact local form as a drop-in, so a conversion must keep them global and say why."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.max_pool = nn.AdaptiveMaxPool2d(1)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * torch.sigmoid(self.max_pool(y))
+        y = y * torch.sigmoid(self.fc(self.avg_pool(y).flatten(1)))[:, :, None, None]
+        return self.out(y)
+
+
+@pytest.mark.skipif(not hasattr(__import__("tlc_export.rewrite.patterns").rewrite.patterns, "scan_graph"),
+                    reason="kept-global ops are reported by the rewrite registry (branch issue-rewrite), "
+                           "not merged here yet")
+def test_kept_global_ops_are_listed_with_reasons():
+    result = inspect_model(MaxPooledAttention().eval(), FAMILY_CALIB, size=(40, 48), effect=False)
+    kept = [o for o in result.ops if o.action == "kept global"]
+    assert kept and all(o.reason for o in kept)
+    assert "kept global" in result.table()

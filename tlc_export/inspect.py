@@ -42,7 +42,7 @@ class InspectedOp:
     pattern: str
     factor: float              # downsampling of the op's level: image side / map side
     window: list[int] | None   # its input's H×W at the calibration size (None without --calib)
-    map_at_size: list[int]     # its input's H×W at the run-time size
+    map_at_size: list[int] | None  # its input's H×W at the run-time size
     action: str                # rewritten | kept global
     reason: str
     mlp_macs_per_pixel: int = 0
@@ -253,6 +253,21 @@ def _inspected(graph, op, path, calib, calib_windows, size_maps, macs) -> Inspec
     return row
 
 
+def scan(graph: gs.Graph) -> tuple[list[GlobalOp], list]:
+    """(ops a conversion localises, ops it keeps global, each with a ``reason``). Today's finder raises
+    for an op it cannot localise, naming it, so nothing is listed as kept; the rewrite's registry
+    (branch issue-rewrite, ``scan_graph``) reports them, and this is the one place to switch to it."""
+    return find_global_ops(graph), []
+
+
+def _kept_row(kept, path: str, shapes: dict, size) -> InspectedOp:
+    """A node left global: its map at the run-time size where inference knows it; no TLC cost."""
+    dims = shapes.get(kept.nodes[0].inputs[0].name) if kept.nodes else None
+    hw = list(dims[2:]) if dims and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) else None
+    factor = round(size[0] / hw[0], 3) if hw and hw[0] else math.nan
+    return InspectedOp(kept.name, path, kept.kind, "", factor, None, hw, "kept global", kept.reason, 0, 0, 0)
+
+
 def _maps_at(onnx_model, ops, shapes, size, shape) -> dict[str, tuple[int, int]]:
     """Each op's input H×W at the run-time size: from inferred shapes, else as calibration reads them
     (``calibrate_windows`` at that size, which runs the graph when inference cannot tell)."""
@@ -292,7 +307,7 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
     export_size = calib or (crop.calib if crop else (PROBE_SIDE, PROBE_SIDE))
     onnx_model, shape, prefix, known = _graph(loaded, export_size, progress)
     graph = import_graph(onnx_model)
-    ops = find_global_ops(graph)
+    ops, kept = scan(graph)
     _say(progress, f"measuring {len(ops)} global ops at {size[0]}x{size[1]}")
     run_shape = calibration_shape(onnx_model, size, shape)
     shapes = run_time_shapes(onnx_model, run_shape)
@@ -301,6 +316,7 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
     macs = graph_macs(graph, shapes)
     rows = [_inspected(graph, op, _module_path(op, prefix, known), calib, windows, size_maps, macs)
             for op in ops]
+    rows += [_kept_row(k, _module_path(k, prefix, known), shapes, size) for k in kept]
     result = Inspection(str(model) if isinstance(model, (str, Path)) else "<module>", loaded.preset,
                         loaded.family, list(calib) if calib else None, calib_note, list(size), rows,
                         macs.layers, macs.activation_matmuls, macs.unknown)
@@ -370,8 +386,10 @@ def render_table(result: Inspection) -> str:
     if result.unknown_mac_nodes:
         lines.append(f"  (not counted: {len(result.unknown_mac_nodes)} nodes whose shapes inference could not tell)")
     if result.calib:
+        has_fast = any(o.extra_macs_fast is not None for o in result.ops)
+        fast = f"{human(result.extra_fast)} ({_share(result.extra_fast, total)})" if has_fast else "n/a"
         lines.append(f"exact TLC adds {human(result.extra_exact)} ({_share(result.extra_exact, total)}); "
-                     f"fast mode adds {human(result.extra_fast)} ({_share(result.extra_fast, total)})")
+                     f"fast mode adds {fast}")
     if result.effect_note:
         lines.append(f"TLC effect: {result.effect_note}")
     if result.effect:
