@@ -240,9 +240,6 @@ class MaxPooledAttention(nn.Module):
         return self.out(y)
 
 
-@pytest.mark.skipif(not hasattr(__import__("tlc_export.rewrite.patterns").rewrite.patterns, "scan_graph"),
-                    reason="kept-global ops are reported by the rewrite registry (branch issue-rewrite), "
-                           "not merged here yet")
 def test_kept_global_ops_are_listed_with_reasons():
     result = inspect_model(MaxPooledAttention().eval(), FAMILY_CALIB, size=(40, 48), effect=False)
     kept = [o for o in result.ops if o.action == "kept global"]

@@ -1,6 +1,6 @@
 """Inspect: what TLC will do to a model, before converting it.
 
-Runs the conversion's own stages — load, export, ``find_global_ops``, ``calibrate_windows`` — so the
+Runs the conversion's own stages — load, export, ``scan_graph``, ``calibrate_windows`` — so the
 windows listed are by construction those a conversion uses, and adds what a conversion does not say:
 each op's level (downsampling factor), the multiply-adds exact TLC and fast mode add at a run-time
 size against the model's own, and the TLC effect at that size on a structured test image.
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from .api import (_check_multiple, _input_channels, _known_module_path, module_as_loaded, parse_calib,
@@ -26,7 +27,9 @@ from .api import (_check_multiple, _input_channels, _known_module_path, module_a
 from .calibrate import calibrate_windows, calibration_shape, import_graph
 from .load import LoadedModel, load_model
 from .macs import GraphMacs, graph_macs, per_pixel_macs, run_time_shapes
-from .rewrite import _pool_after, find_global_ops
+from .rewrite import scan_graph
+from .rewrite.kinds.avgpool import _pool_after
+from .rewrite.scopes import module_scopes
 from .rewrite.patterns import GlobalOp, pointwise_chain
 
 DEFAULT_SIZE = (720, 1280)
@@ -253,11 +256,10 @@ def _inspected(graph, op, path, calib, calib_windows, size_maps, macs) -> Inspec
     return row
 
 
-def scan(graph: gs.Graph) -> tuple[list[GlobalOp], list]:
-    """(ops a conversion localises, ops it keeps global, each with a ``reason``). Today's finder raises
-    for an op it cannot localise, naming it, so nothing is listed as kept; the rewrite's registry
-    (branch issue-rewrite, ``scan_graph``) reports them, and this is the one place to switch to it."""
-    return find_global_ops(graph), []
+def scan(graph: gs.Graph, model: onnx.ModelProto) -> tuple[list[GlobalOp], list]:
+    """The rewrite's own scan: the ops it localises and those it keeps global, with their reasons."""
+    found = scan_graph(graph, module_scopes(model))
+    return found.ops, found.kept
 
 
 def _kept_row(kept, path: str, shapes: dict, size) -> InspectedOp:
@@ -307,7 +309,7 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
     export_size = calib or (crop.calib if crop else (PROBE_SIDE, PROBE_SIDE))
     onnx_model, shape, prefix, known = _graph(loaded, export_size, progress)
     graph = import_graph(onnx_model)
-    ops, kept = scan(graph)
+    ops, kept = scan(graph, onnx_model)
     _say(progress, f"measuring {len(ops)} global ops at {size[0]}x{size[1]}")
     run_shape = calibration_shape(onnx_model, size, shape)
     shapes = run_time_shapes(onnx_model, run_shape)

@@ -29,7 +29,6 @@ import onnx_graphsurgeon as gs
 from ..fast_rules import FACTORS
 from .subgraphs import Builder, Window, _conditioning_shift, replicate_pad, valid_box_mean
 
-IMPLEMENTATION = "fast-boxfilter"
 _BIG = np.iinfo(np.int64).max
 
 
