@@ -75,7 +75,7 @@ def _pt2(model, path):
 
 def save_form(model, form, tmp_path):
     """The file for ``form`` (or the module itself for "module")."""
-    if form == "module":
+    if form in ("module", "module_dynamo"):
         return model
     if form == "state_dict":
         path = tmp_path / "m.pth"
@@ -109,6 +109,8 @@ def check_forms(model, forms, tmp_path, effect=True):
     for form in forms:
         src = save_form(model, form, tmp_path)
         kwargs = {"output": tmp_path / f"{form}.tlc.onnx"}
+        if form == "module_dynamo":
+            kwargs["exporter"] = "dynamo"
         result = convert(src, CALIB, **kwargs)
         counts[form] = len(result.report["rewritten"])
         outs[form] = [_run(result.onnx_path, x) for x in inputs]
@@ -124,7 +126,8 @@ def check_forms(model, forms, tmp_path, effect=True):
 
 
 def test_every_form_of_one_model_gives_the_same_exact_graph(tmp_path):
-    counts = check_forms(_model(), ["module", "torchscript", "pt2", "onnx_torchscript", "onnx_dynamo"], tmp_path)
+    counts = check_forms(_model(), ["module", "module_dynamo", "torchscript", "pt2", "onnx_torchscript",
+                                       "onnx_dynamo"], tmp_path)
     assert counts["module"] == 4   # the two pools, the instance norm, the functional mean
 
 

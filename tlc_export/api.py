@@ -29,7 +29,7 @@ from .rewrite.scopes import module_scopes
 from .rewrite.subgraphs import BOX_FILTERS
 
 DEFAULT_OPSET = 17
-DEFAULT_EXPORTER = "dynamo"   # see README "Exporters" for the measurements behind this choice
+DEFAULT_EXPORTER = "torchscript"   # see README "Exporters": the measurements behind this choice
 IMPLEMENTATIONS = ("standard", "plugin")
 
 
