@@ -207,3 +207,39 @@ def test_architectures_that_need_torchvision_are_skipped_with_the_reason(spandre
         assert "NAFNet" in spandrel_or_skip.registry and "Restormer" in spandrel_or_skip.registry
     else:
         assert not spandrel_or_skip.skipped
+
+
+class _HalvesNet(nn.Module):
+    """Splits the map at int(H / 2), as spandrel's MPRNet does: the TorchScript tracer bakes that
+    Python int, so its graph is only right at the export height."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = int(x.shape[2] / 2)
+        top, bottom = x[:, :, :h], x[:, :, h:]
+        y = torch.cat([self.conv(top), self.conv(bottom) * 2], 2)
+        return y * y.mean((2, 3), keepdim=True)
+
+
+def test_export_wrong_at_another_size_is_refused_with_the_numbers(tmp_path):
+    """int(H / 2) is baked by both exporters (torch.export specialises the float round trip): the
+    second-size check refuses, naming both errors, and writes nothing."""
+    torch.manual_seed(0)
+    with pytest.raises(UserError) as info:
+        convert(_HalvesNet().eval(), CALIB, output=tmp_path / "h.onnx", exporter="torchscript")
+    message = str(info.value)
+    assert "torchscript-exported graph is" in message and "dynamo-exported one is" in message
+    assert "not faithful" in message and not (tmp_path / "h.onnx").exists()
+
+
+def test_static_pt2_is_refused_with_one_line(tmp_path, capsys):
+    from tlc_export.cli import main
+
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(_model(), (torch.rand(1, 3, 24, 24),)), path)
+    assert main([str(path), "--calib", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "static height and width" in err[0]

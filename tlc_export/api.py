@@ -337,11 +337,11 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     if loaded.module is not None:
         from .trace import list_global_ops
 
+        exporter, form_notes = _program_exporter(loaded, exporter)   # before running the model
+        notes += form_notes
         _check_multiple(loaded, calib, "--calib")
         shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
         _check_multiple(loaded, shape[2:], "--input-shape")
-        exporter, form_notes = _program_exporter(loaded, exporter)
-        notes += form_notes
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
