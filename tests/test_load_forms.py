@@ -243,3 +243,29 @@ def test_static_pt2_is_refused_with_one_line(tmp_path, capsys):
     assert main([str(path), "--calib", "32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "static height and width" in err[0]
+
+
+class _RuntimePoolNet(nn.Module):
+    """An adaptive pool whose output size depends on the input: the TorchScript exporter cannot
+    translate it (SAFMN's form), torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        p = F.adaptive_max_pool2d(y, (x.shape[2] // 8, x.shape[3] // 8))
+        return y * y.mean((2, 3), keepdim=True) + F.interpolate(p, size=y.shape[2:])
+
+
+def test_model_the_torchscript_exporter_cannot_translate_goes_through_dynamo(tmp_path):
+    torch.manual_seed(0)
+    model = _RuntimePoolNet().eval()
+    result = convert(model, CALIB, output=tmp_path / "p.onnx", exporter="torchscript")
+    assert result.report["exporter"] == "dynamo" and "TorchScript exporter fails" in result.report["notes"][0]
+    local, _ = to_local(copy.deepcopy(model), CALIB)
+    x = torch.rand(1, 3, 48, 40)
+    with torch.no_grad():
+        want = local(x).numpy()
+    assert np.abs(_run(result.onnx_path, x) - want).max() <= 1e-5
