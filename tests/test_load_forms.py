@@ -75,7 +75,7 @@ def _pt2(model, path):
 
 def save_form(model, form, tmp_path):
     """The file for ``form`` (or the module itself for "module")."""
-    if form == "module":
+    if form in ("module", "module_dynamo"):
         return model
     if form == "state_dict":
         path = tmp_path / "m.pth"
@@ -109,6 +109,8 @@ def check_forms(model, forms, tmp_path, effect=True):
     for form in forms:
         src = save_form(model, form, tmp_path)
         kwargs = {"output": tmp_path / f"{form}.tlc.onnx"}
+        if form == "module_dynamo":
+            kwargs["exporter"] = "dynamo"
         result = convert(src, CALIB, **kwargs)
         counts[form] = len(result.report["rewritten"])
         outs[form] = [_run(result.onnx_path, x) for x in inputs]
@@ -124,7 +126,8 @@ def check_forms(model, forms, tmp_path, effect=True):
 
 
 def test_every_form_of_one_model_gives_the_same_exact_graph(tmp_path):
-    counts = check_forms(_model(), ["module", "torchscript", "pt2", "onnx_torchscript", "onnx_dynamo"], tmp_path)
+    counts = check_forms(_model(), ["module", "module_dynamo", "torchscript", "pt2", "onnx_torchscript",
+                                       "onnx_dynamo"], tmp_path)
     assert counts["module"] == 4   # the two pools, the instance norm, the functional mean
 
 
@@ -204,3 +207,65 @@ def test_architectures_that_need_torchvision_are_skipped_with_the_reason(spandre
         assert "NAFNet" in spandrel_or_skip.registry and "Restormer" in spandrel_or_skip.registry
     else:
         assert not spandrel_or_skip.skipped
+
+
+class _HalvesNet(nn.Module):
+    """Splits the map at int(H / 2), as spandrel's MPRNet does: the TorchScript tracer bakes that
+    Python int, so its graph is only right at the export height."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = int(x.shape[2] / 2)
+        top, bottom = x[:, :, :h], x[:, :, h:]
+        y = torch.cat([self.conv(top), self.conv(bottom) * 2], 2)
+        return y * y.mean((2, 3), keepdim=True)
+
+
+def test_export_wrong_at_another_size_is_refused_with_the_numbers(tmp_path):
+    """int(H / 2) is baked by both exporters (torch.export specialises the float round trip): the
+    second-size check refuses, naming both errors, and writes nothing."""
+    torch.manual_seed(0)
+    with pytest.raises(UserError) as info:
+        convert(_HalvesNet().eval(), CALIB, output=tmp_path / "h.onnx", exporter="torchscript")
+    message = str(info.value)
+    assert "torchscript-exported graph is" in message and "dynamo-exported one is" in message
+    assert "not faithful" in message and not (tmp_path / "h.onnx").exists()
+
+
+def test_static_pt2_is_refused_with_one_line(tmp_path, capsys):
+    from tlc_export.cli import main
+
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(_model(), (torch.rand(1, 3, 24, 24),)), path)
+    assert main([str(path), "--calib", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "static height and width" in err[0]
+
+
+class _RuntimePoolNet(nn.Module):
+    """An adaptive pool whose output size depends on the input: the TorchScript exporter cannot
+    translate it (SAFMN's form), torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        p = F.adaptive_max_pool2d(y, (x.shape[2] // 8, x.shape[3] // 8))
+        return y * y.mean((2, 3), keepdim=True) + F.interpolate(p, size=y.shape[2:])
+
+
+def test_model_the_torchscript_exporter_cannot_translate_goes_through_dynamo(tmp_path):
+    torch.manual_seed(0)
+    model = _RuntimePoolNet().eval()
+    result = convert(model, CALIB, output=tmp_path / "p.onnx", exporter="torchscript")
+    assert result.report["exporter"] == "dynamo" and "TorchScript exporter fails" in result.report["notes"][0]
+    local, _ = to_local(copy.deepcopy(model), CALIB)
+    x = torch.rand(1, 3, 48, 40)
+    with torch.no_grad():
+        want = local(x).numpy()
+    assert np.abs(_run(result.onnx_path, x) - want).max() <= 1e-5

@@ -32,7 +32,7 @@ from .rewrite.scopes import module_scopes
 from .rewrite.subgraphs import BOX_FILTERS
 
 DEFAULT_OPSET = 17
-DEFAULT_EXPORTER = "dynamo"   # see README "Exporters" for the measurements behind this choice
+DEFAULT_EXPORTER = "torchscript"   # see README "Exporters": the measurements behind this choice
 IMPLEMENTATIONS = ("standard", "plugin")
 
 
@@ -373,13 +373,13 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     if loaded.module is not None:
         from .trace import list_global_ops
 
+        exporter, form_notes = _program_exporter(loaded, exporter)   # before running the model
+        notes += form_notes
         _check_multiple(loaded, calib, "--calib")
         guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
         shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
         _check_multiple(loaded, shape[2:], "--input-shape")
         _check_sizes(loaded, shape, calib, input_shape is not None)
-        exporter, form_notes = _program_exporter(loaded, exporter)
-        notes += form_notes
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
         _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")

@@ -44,7 +44,8 @@ def convert_parser() -> argparse.ArgumentParser:
                    help="ONNX opset (default: the exporter's lowest, 18 for dynamo, 17 for torchscript; up to "
                         "the newest the installed exporter and ONNX Runtime support)")
     p.add_argument("--exporter", default=None, choices=["dynamo", "torchscript"],
-                   help="PyTorch's ONNX exporter (default dynamo, torch.export-based; torchscript is deprecated). "
+                   help="PyTorch's ONNX exporter (default torchscript, checked at a second size and replaced "
+                        "by dynamo where it is unfaithful; dynamo: torch.export-based). "
                         "A .pt2 always takes dynamo, a TorchScript archive torchscript")
     p.add_argument("--no-tlc", action="store_true", help="export the unchanged global model the same way")
     p.add_argument("--impl", default="standard", choices=["standard", "plugin"],

@@ -34,6 +34,10 @@ MIN_OPSET = {"dynamo": 18, "torchscript": 17}
 _FINAL_STAGE_LAST = {"hinet"}
 
 
+class ExporterFailed(UserError):
+    """An exporter could not translate the model (the other one may)."""
+
+
 class FinalOutputFirst(nn.Module):
     """Wraps a multi-output restorer so the final restored image is output 0 (the others follow)."""
 
@@ -118,9 +122,12 @@ def _export_torchscript(wrapped, example, opset: int, dynamic: bool, n_out: int)
     # no_grad: otherwise the trace records autograd state and keeps every activation alive (full
     # Restormer at 192x192: 8.0 GB peak against 1.6 GB; at a 576 calibration it exhausts 23 GB).
     with _quiet(), torch.no_grad():
-        torch.onnx.export(wrapped, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=dynamic_axes,
-                          do_constant_folding=True)
+        try:
+            torch.onnx.export(wrapped, (example,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+        except Exception as exc:
+            raise ExporterFailed(f"the TorchScript exporter fails on the model ({first_line(exc)})") from None
     return onnx.load_from_string(buffer.getvalue())
 
 

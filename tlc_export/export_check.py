@@ -94,8 +94,18 @@ def export_faithfully(loaded, shape, opset: int, static: bool, exporter: str, sa
     from .errors import UserError
     from .export import export_onnx
 
-    graph = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family,
-                        exporter=exporter, program=loaded.program)
+    from .export import ExporterFailed
+
+    try:
+        graph = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family,
+                            exporter=exporter, program=loaded.program)
+    except ExporterFailed as exc:
+        if exporter != "torchscript" or isinstance(loaded.module, torch.jit.ScriptModule):
+            raise
+        say(f"{exc}; exporting with dynamo instead")
+        graph = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family,
+                            exporter="dynamo")
+        return graph, "dynamo", [f"{exc}: exported with dynamo instead"]
     if static:
         return graph, exporter, []
     size = second_size(shape[2:], loaded.input_multiple)
