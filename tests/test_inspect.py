@@ -241,7 +241,11 @@ class MaxPooledAttention(nn.Module):
 
 
 def test_kept_global_ops_are_listed_with_reasons():
+    """The max pool is kept global with its reason; the pooled-then-Linear vector is localised and its
+    Linear runs per pixel on the full map (8·8 multiply-adds per pixel, h·w − 1 more than once)."""
     result = inspect_model(MaxPooledAttention().eval(), FAMILY_CALIB, size=(40, 48), effect=False)
     kept = [o for o in result.ops if o.action == "kept global"]
-    assert kept and all(o.reason for o in kept)
+    assert [o.module_path for o in kept] == ["max_pool"] and all(o.reason for o in kept)
     assert "kept global" in result.table()
+    linear = next(o for o in result.ops if o.module_path == "avg_pool")
+    assert linear.mlp_macs_per_pixel == 64 and linear.extra_macs_exact == 64 * (40 * 48 - 1)

@@ -29,8 +29,9 @@ from .load import LoadedModel, load_model
 from .macs import GraphMacs, graph_macs, per_pixel_macs, run_time_shapes
 from .rewrite import scan_graph
 from .rewrite.kinds.avgpool import _pool_after
+from .rewrite.ops import GlobalOp, KeptGlobal
+from .rewrite.pointwise import pointwise_chain
 from .rewrite.scopes import module_scopes
-from .rewrite.patterns import GlobalOp, pointwise_chain
 
 DEFAULT_SIZE = (720, 1280)
 PROBE_SIDE = 256           # export size when no calibration is given or suggested
@@ -133,8 +134,13 @@ def _valid(n: int, k: int) -> int:
 
 
 def mlp_after_pool(graph: gs.Graph, op: GlobalOp) -> list[tuple[gs.Node, bool]]:
-    """The 1×1 convs that run per pixel after a pool once it is local, each with whether it runs on the
-    full map (the channel-reducing first conv the rewrite moves the mean after) instead of the valid map."""
+    """The weighted nodes (1×1 convs, Linear as Gemm/MatMul) that run per pixel after a pool once it is
+    local, each with whether it runs on the full map (a Linear on the pooled vector; the channel-reducing
+    first conv the rewrite moves the mean after) instead of the valid map."""
+    use = op.attrs.get("use")
+    if use is not None and not use.pointwise_only:   # the local mean is padded first: all on h×w
+        nodes = [n for n, _ in use.vector_nodes] + [n for entry in use.entries for n in entry]
+        return [(n, True) for n in nodes if n.op in ("Conv", "Gemm", "MatMul") and per_pixel_macs(n)]
     chain = pointwise_chain(op.output, {t.name for t in graph.outputs})
     convs = [n for n in chain if n.op == "Conv"]
     full = bool(chain) and _pool_after(chain[0])
@@ -256,9 +262,9 @@ def _inspected(graph, op, path, calib, calib_windows, size_maps, macs) -> Inspec
     return row
 
 
-def scan(graph: gs.Graph, model: onnx.ModelProto) -> tuple[list[GlobalOp], list]:
-    """The rewrite's own scan: the ops it localises and those it keeps global, with their reasons."""
-    found = scan_graph(graph, module_scopes(model))
+def scan(onnx_model, graph: gs.Graph) -> tuple[list[GlobalOp], list[KeptGlobal]]:
+    """(ops a conversion localises, ops it keeps global, each with a ``reason``): the rewrite's scan."""
+    found = scan_graph(graph, module_scopes(onnx_model))
     return found.ops, found.kept
 
 
@@ -309,7 +315,7 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
     export_size = calib or (crop.calib if crop else (PROBE_SIDE, PROBE_SIDE))
     onnx_model, shape, prefix, known = _graph(loaded, export_size, progress)
     graph = import_graph(onnx_model)
-    ops, kept = scan(graph, onnx_model)
+    ops, kept = scan(onnx_model, graph)
     _say(progress, f"measuring {len(ops)} global ops at {size[0]}x{size[1]}")
     run_shape = calibration_shape(onnx_model, size, shape)
     shapes = run_time_shapes(onnx_model, run_shape)

@@ -87,6 +87,7 @@ def graph_macs(graph: gs.Graph, shapes: dict[str, list[int | None]]) -> GraphMac
 
 
 def per_pixel_macs(node: gs.Node) -> int:
-    """Multiply-adds per pixel of a 1×1 Conv (c_out · c_in / groups)."""
-    weight = constant_value(node.inputs[1])
-    return int(prod(weight.shape[:2])) if weight is not None else 0
+    """Multiply-adds per pixel of a 1×1 Conv (c_out · c_in / groups) or of a Linear (Gemm / MatMul with a
+    constant K×N weight: K · N), as it runs on one pixel's channel vector."""
+    weights = [w for t in node.inputs[:2] if (w := constant_value(t)) is not None and w.ndim >= 2]
+    return int(prod(weights[0].shape)) if weights else 0
