@@ -152,7 +152,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
 ]}
 
 
-def test_image(h: int, w: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
+def sample_image(h: int, w: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
     """A [0, 1] image whose local statistics vary across it (ramps, a blob, texture, noise), so local
     and global aggregates differ: uniform noise has nearly equal means in every window."""
     gen = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .archs import ARCHS, test_image, true_counts
+from .archs import ARCHS, sample_image, true_counts
 from .forms import CALIB, convert_form, run_graph, write_form
 from .reference import TLCReference
 
@@ -94,7 +94,7 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
         return
     problems = []
     for h, w in arch.sizes:
-        image = test_image(h, w, seed=h * 7 + w)
+        image = sample_image(h, w, seed=h * 7 + w)
         expected = ref(image)
         out = torch.from_numpy(run_graph(result.onnx_path, image)).double()
         if out.shape != expected.shape:
