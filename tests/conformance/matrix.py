@@ -111,8 +111,25 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
     if ref.rewritable and cell.effects and min(cell.effects.values()) < EFFECT_MIN:
         problems.append(f"TLC effect {min(cell.effects.values()):.1e} < {EFFECT_MIN:g}: the check is blind")
     if problems:
+        if any("max err" in p for p in problems):
+            problems.append(_global_graph_error(path, folder, arch, ref))
         cell.what = "; ".join(problems)
         return
     reasons = sorted({str(e.get("reason", e)) if isinstance(e, dict) else str(e) for e in kept_entries})
     cell.status = "kept-global" if cell.kept else "exact"
     cell.what = "; ".join(reasons)
+
+
+def _global_graph_error(path: Path, folder: Path, arch, ref) -> str:
+    """Diagnose a wrong TLC graph: is the converter's global graph (``tlc=False``) already off?"""
+    from tlc_export import convert
+
+    h, w = arch.sizes[0]
+    try:
+        result = convert(str(path), calib=CALIB, output=folder / "model.global.onnx", tlc=False)
+        image = sample_image(h, w, seed=h * 7 + w)
+        out = torch.from_numpy(run_graph(result.onnx_path, image)).double()
+        err = (out - ref(image, local=False)).abs().max().item()
+        return f"its global graph (--no-tlc) is off by {err:.1e} at {h}x{w}"
+    except Exception as exc:
+        return f"its global graph (--no-tlc) fails: {type(exc).__name__}: {_first_line(exc)[:80]}"
