@@ -52,10 +52,12 @@ def perturb(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
     (zeros, ones) get absolute noise of ``scale``, the rest noise of ``scale`` times their own spread."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
+        for name, p in sorted(model.named_parameters()):
             spread = p.std().item() if p.numel() > 1 else 0.0
             noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
             p.add_(noise * (scale * spread if spread > 1e-8 else scale))
+            if name.rsplit(".", 1)[-1] in ("temperature", "rescale"):
+                p.mul_(4.0)   # sharper attention: at 1, softmax over unit-vector products is near uniform
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.add_(torch.randn(m.running_mean.shape, generator=gen) * 0.05)
@@ -110,7 +112,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          dict(n_feat=16, chan_factor=1.5, n_MRB=1), 8, global_classes=(POOL, "ContextBlock"),
          kept=(("SKFF", SKIP_REASON_KEPT_NC),)),
     Arch("RCAN", "spandrel", "RCAN", "rcan_arch", "RCAN",
-         dict(scale=2, n_resgroups=1, n_resblocks=2, n_feats=16, reduction=4, rgb_range=1), 1, global_classes=(POOL,)),
+         dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=2, rgb_range=1), 1, global_classes=(POOL,)),
     Arch("HAT", "spandrel", "HAT", "HAT", "HAT",
          dict(img_size=64, embed_dim=12, depths=(1,), num_heads=(2,), window_size=8, compress_ratio=3,
               squeeze_factor=4, conv_scale=1.0, upscale=2, num_feat=16, mlp_ratio=2.0), 8, global_classes=(POOL,)),
@@ -138,7 +140,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          dict(dim=16, n_blocks=2, upscaling_factor=2, kernel_size=7, norm_groups=4), 1,
          global_classes=("GroupNorm",)),
     Arch("RetinexFormer", "spandrel", "RetinexFormer", "retinexformer_arch", "RetinexFormer",
-         dict(n_feat=8, stage=1, num_blocks=[1, 1, 1]), 4, global_classes=("IG_MSA",)),
+         dict(n_feat=16, stage=1, num_blocks=[1, 1, 1]), 4, global_classes=("IG_MSA",)),
     Arch("M3SNet", "spandrel_extra_arches", "M3SNet", "M3SNet", "M3SNet",
          dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]), 16,
          sizes=((96, 80), (128, 48)), global_classes=(POOL, "Attention")),

@@ -13,7 +13,7 @@ from .forms import CALIB, convert_form, run_graph, write_form
 from .reference import TLCReference
 
 ATOL = 1e-5
-EFFECT_MIN = 2e-5     # the TLC effect must be clearly above the tolerance
+EFFECT_MIN = 5e-5     # the TLC effect must be clearly above the tolerance (5x)
 
 
 @dataclass
