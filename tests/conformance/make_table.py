@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,23 +81,42 @@ Notes:
 """
 
 
+def expectations_text(cells: list[Cell]) -> str:
+    """Entries for expectations.py from a run: FAIL cells and cells PyTorch cannot write."""
+    fails = [f"    ({c.arch!r}, {c.form!r}): {c.what[:150]!r}," for c in cells if c.status == "FAIL"]
+    unwritable = [f"    ({c.arch!r}, {c.form!r}): {c.what[:150]!r}," for c in cells if c.status == "n/a"]
+    return "EXPECTED_FAILURES = {\n" + "\n".join(fails) + "\n}\nUNWRITABLE = {\n" + "\n".join(unwritable) + "\n}"
+
+
+def _row(arch: str, forms: list[str]) -> list[Cell]:
+    torch.set_num_threads(1)
+    row = []
+    for form in forms:
+        row.append(run_cell(arch, form))
+        print(f"{arch:14s} {form:12s} {cell_text(row[-1])}", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--json", type=Path, default=None, help="also write every cell as JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "CONFORMANCE.md")
+    parser.add_argument("--expectations", action="store_true",
+                        help="print EXPECTED_FAILURES / UNWRITABLE entries for this run's failing cells")
+    parser.add_argument("--jobs", type=int, default=1, help="architectures converted in parallel")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     archs, forms = args.archs.split(","), args.forms.split(",")
     start, cells = time.perf_counter(), []
-    for a in archs:
-        for f in forms:
-            cell = run_cell(a, f)
-            cells.append(cell)
-            print(f"{a:14s} {f:12s} {cell_text(cell)}", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for row in pool.map(_row, archs, [forms] * len(archs)):
+            cells.extend(row)
             if args.json:
                 args.json.write_text(json.dumps([asdict(c) for c in cells], indent=1))
+    if args.expectations:
+        print(expectations_text(cells))
     text = document(cells, forms, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
