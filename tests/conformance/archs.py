@@ -149,8 +149,9 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          kept=(("qf_pred", "pooled vector flattened and fed to Linear layers (the JPEG quality predictor)"),)),
     Arch("DITN", "spandrel", "DITN", "DITN_Real", "DITN_Real",
          dict(dim=12, ITL_blocks=1, SAL_blocks=1, UFONE_blocks=1, patch_size=8, upscale=2), 8,
-         global_classes=("ISA",),
-         note="ISA attends over fixed 8x8 patches: the window always covers its map, TLC cannot change it"),
+         global_classes=(),
+         note="its only attention (ISA) runs on fixed 8×8 patches (UFONE cuts the map into patch_size "
+              "patches): the window always covers its map, so there is no global op over the image"),
 ]}
 
 

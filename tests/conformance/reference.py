@@ -291,14 +291,6 @@ def _ig_msa_forward(self, x_in, illu_fea_trans):
     return out_c + out_p
 
 
-def _isa_forward(self, x):
-    """DITN ``ISA``: per-pixel Linear qkv, attention over the pixels of its (patch) map."""
-    b, c, h, w = x.shape
-    qkv = self.qkv(x.reshape(b, c, h * w).transpose(1, 2)).transpose(1, 2).reshape(b, 3 * c, h, w)
-    out = _attention_op(self, qkv, lambda t: transposed_attention(t, 1, self.temperature))
-    return self.project_out(out)
-
-
 def _dat_aca_forward(self, x, H, W):
     """DAT ``Adaptive_Channel_Attention``: XCiT attention over all tokens plus a conv branch on v and
     the channel/spatial interactions (its pool is intercepted by the mode)."""
@@ -337,7 +329,6 @@ ADAPTERS = {
     "TransAttention": _mdta_forward,
     "Channel_Attention_grid": _omnisr_grid_forward,
     "IG_MSA": _ig_msa_forward,
-    "ISA": _isa_forward,
     "Adaptive_Channel_Attention": _dat_aca_forward,
     "ContextBlock": _context_block_forward,
 }
