@@ -64,14 +64,16 @@ def write_form(model: nn.Module, form: str, folder: Path, multiple: int) -> Path
 
 
 def convert_form(path: Path, folder: Path):
-    """tlc-export on ``path`` at the calibration size; returns (ConversionResult, seconds)."""
+    """tlc-export on ``path`` at the calibration size; returns (ConversionResult, seconds, the
+    warnings it gave: its own list and Python warnings)."""
     from tlc_export import convert
 
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = convert(str(path), calib=CALIB, output=folder / "model.tlc.onnx")
-    return result, time.perf_counter() - start
+    said = list(result.warnings) + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return result, time.perf_counter() - start, said
 
 
 def run_graph(onnx_path: Path, image: torch.Tensor) -> np.ndarray:

@@ -80,7 +80,7 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
         cell.what = f"PyTorch cannot write this form: {type(exc).__name__}: {_first_line(exc)[:120]}"
         cell.status = "n/a"
         return
-    result, cell.seconds = convert_form(path, folder)
+    result, cell.seconds, said = convert_form(path, folder)
     report = result.report
     cell.rewritten = len(report.get("rewritten", []))
     kept_entries = report.get("kept_global", [])
@@ -108,6 +108,11 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
     if (cell.rewritten, cell.kept) != (cell.true_total - cell.true_kept, cell.true_kept):
         problems.append(f"counts: rewritten {cell.rewritten} + kept {cell.kept}, expected "
                         f"{cell.true_total - cell.true_kept} + {cell.true_kept}")
+    unexplained = [e for e in kept_entries if not (isinstance(e, dict) and e.get("reason"))]
+    if unexplained:
+        problems.append(f"{len(unexplained)} kept_global entries without a reason")
+    if kept_entries and not said:
+        problems.append("ops kept global without a warning")
     if ref.rewritable and cell.effects and min(cell.effects.values()) < EFFECT_MIN:
         problems.append(f"TLC effect {min(cell.effects.values()):.1e} < {EFFECT_MIN:g}: the check is blind")
     if problems:
