@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "CONFORMANCE.md")
     parser.add_argument("--expectations", action="store_true",
                         help="print EXPECTED_FAILURES / UNWRITABLE entries for this run's failing cells")
+    parser.add_argument("--update", type=Path, default=None,
+                        help="a previous run's --json: keep its cells, replace those run now")
     parser.add_argument("--jobs", type=int, default=1, help="architectures converted in parallel")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -161,6 +163,13 @@ def main(argv=None) -> int:
             cells.extend(row)
             if args.json:
                 args.json.write_text(json.dumps([asdict(c) for c in cells], indent=1))
+    if args.update:
+        fresh = {(c.arch, c.form) for c in cells}
+        old = [Cell(**c) for c in json.loads(args.update.read_text()) if (c["arch"], c["form"]) not in fresh]
+        cells = sorted(old + cells, key=lambda c: (list(ARCHS).index(c.arch), FORMS.index(c.form)))
+        forms = list(FORMS)
+        if args.json:
+            args.json.write_text(json.dumps([asdict(c) for c in cells], indent=1))
     if args.expectations:
         print(expectations_text(cells))
     text = document(cells, forms, time.perf_counter() - start)
