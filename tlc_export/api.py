@@ -23,7 +23,8 @@ from .errors import UserError
 from .export import export_onnx
 from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
 from .load import LoadedModel, load_model
-from .rewrite import RewriteRecord, find_global_ops, localize
+from .rewrite import KeptRecord, RewriteRecord, kept_records, kept_warning, localize, scan_graph
+from .rewrite.scopes import module_scopes
 from .rewrite.subgraphs import BOX_FILTERS
 
 DEFAULT_OPSET = 17
@@ -129,22 +130,36 @@ def _known_module_path(path: str, known: set[str]) -> str:
     return path
 
 
-def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
-                   module_prefix: str = "", known_paths: set[str] = frozenset(),
-                   box_filter: str = "auto") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
-    """The rewrite stage on its own: find, calibrate and localise every global op of ``model``."""
+@dataclass
+class RewriteStage:
+    """The rewrite stage's result: the TLC graph, what was rewritten, what was kept global."""
+
+    model: onnx.ModelProto
+    records: list[RewriteRecord]
+    kept: list[KeptRecord]
+
+
+def rewrite_stage(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
+                  module_prefix: str = "", known_paths: set[str] = frozenset(),
+                  box_filter: str = "auto") -> RewriteStage:
+    """Find, calibrate and localise every global op of ``model``; ops that cannot be localised are kept
+    global and listed. A graph whose global ops are all kept global is refused (``UserError``): the
+    result would be the global model under a TLC name."""
     graph = import_graph(model)
-    ops = find_global_ops(graph)
-    if not ops:
-        return model, []
-    windows = calibrate_windows(model, ops, calib, input_shape)
+    scan = scan_graph(graph, module_scopes(model))
+    kept = kept_records(scan.kept)
+    if not scan.ops:
+        if kept:
+            raise UserError(f"nothing to convert: {kept_warning(kept)}; export the global model with --no-tlc")
+        return RewriteStage(model, [], [])
+    windows = calibrate_windows(model, scan.ops, calib, input_shape)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
     if impl == "plugin":
         from .rewrite.plugin_nodes import add_plugin_opset, localize_plugin
 
-        records = localize_plugin(graph, ops, windows, opset, box_filter)
+        records = localize_plugin(graph, scan.ops, windows, opset, box_filter)
     else:
-        records = localize(graph, ops, windows, opset, box_filter)
+        records = localize(graph, scan.ops, windows, opset, box_filter)
     out = gs.export_onnx(graph)
     if impl == "plugin":
         add_plugin_opset(out)
@@ -152,13 +167,34 @@ def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=N
         def unprefixed(path: str) -> str:
             return "" if path == module_prefix.rstrip(".") else path.removeprefix(module_prefix)
 
-        records = [RewriteRecord(r.onnx_name, _known_module_path(unprefixed(r.module_path), known_paths),
-                                 r.op, r.pattern, r.window, r.implementation) for r in records]
-    return out, records
+        def known(path: str) -> str:
+            return _known_module_path(unprefixed(path), known_paths)
+
+        records = [RewriteRecord(r.onnx_name, known(r.module_path), r.op, r.pattern, r.window, r.implementation)
+                   for r in records]
+        kept = [KeptRecord(k.onnx_name, known(k.module_path), k.kind, k.reason) for k in kept]
+    return RewriteStage(out, records, kept)
 
 
-def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: str = "standard") -> None:
-    """onnx.checker, then ONNX Runtime loads the graph and runs it once at ``shape``."""
+def localize_graph(model: onnx.ModelProto, calib: tuple[int, int], input_shape=None, impl: str = "standard",
+                   module_prefix: str = "", known_paths: set[str] = frozenset(),
+                   box_filter: str = "auto") -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+    """The rewrite stage on its own (``rewrite_stage``), warning about ops kept global."""
+    stage = rewrite_stage(model, calib, input_shape, impl, module_prefix, known_paths, box_filter)
+    if stage.kept:
+        warnings.warn(kept_warning(stage.kept))
+    return stage.model, stage.records
+
+
+SELF_CHECK_ATOL = 1e-5
+
+
+def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: str = "standard",
+                source: onnx.ModelProto | None = None) -> None:
+    """onnx.checker, then ONNX Runtime loads the graph and runs it once at ``shape``. With ``source`` (the
+    graph before the rewrite) and ``shape`` the calibration size, where every window covers its map, the
+    two graphs must agree (≤ ``SELF_CHECK_ATOL`` × max(1, |output|)): this catches rewrite bugs on
+    architectures nobody has checked by hand; a mismatch is refused with the numbers."""
     from .runtime import ort_session
 
     try:
@@ -170,6 +206,31 @@ def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: 
     outputs = session.run(None, {graph_input(model).name: image})
     if not all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating)):
         raise RuntimeError("the rewritten graph produced non-finite values at the calibration size")
+    if source is not None:
+        _compare_with_source(source, outputs, image, shape)
+
+
+def _compare_with_source(source: onnx.ModelProto, outputs: list[np.ndarray], image: np.ndarray, shape) -> None:
+    from .runtime import ort_session
+
+    session = ort_session(source)
+    expected = session.run(None, {graph_input(source).name: image})
+    for meta, got, want in zip(session.get_outputs(), outputs, expected):
+        if not np.issubdtype(want.dtype, np.floating):
+            continue
+        if got.shape != want.shape and want.shape[-2:] == (1, 1) and got.ndim == want.ndim:
+            want = np.broadcast_to(want, got.shape)   # a pooled output is now its local-mean map
+        if got.shape != want.shape:
+            raise UserError(f"self-check failed: at the calibration size {shape[2]}x{shape[3]} output "
+                            f"{meta.name!r} of the TLC graph is {got.shape}, the source graph's {want.shape}; "
+                            f"this is a rewrite bug: please report it with the model")
+        err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+        tol = SELF_CHECK_ATOL * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
+        if not err <= tol:
+            raise UserError(f"self-check failed: at the calibration size {shape[2]}x{shape[3]}, where every "
+                            f"window covers its map, output {meta.name!r} of the TLC graph differs from the "
+                            f"source graph by {err:.3g} (max abs; allowed {tol:.1g}); this is a rewrite bug: "
+                            f"please report it with the model")
 
 
 def default_output(source: Path, tlc: bool) -> Path:
@@ -247,18 +308,24 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         shape = input_shape
 
     records: list[RewriteRecord] = []
+    kept: list[KeptRecord] = []
+    source_graph = graph_model
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
-        graph_model, records = localize_graph(graph_model, calib, shape, impl, module_prefix=prefix,
-                                              known_paths={t["path"] for t in traced}, box_filter=box_filter)
+        stage = rewrite_stage(graph_model, calib, shape, impl, module_prefix=prefix,
+                              known_paths={t["path"] for t in traced}, box_filter=box_filter)
+        graph_model, records, kept = stage.model, stage.records, stage.kept
+        if kept:
+            notes.append(kept_warning(kept))
+            warnings.warn(kept_warning(kept))
         if not records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)
             return ConversionResult(None, None, {"rewritten": [], "warning": message}, loaded=loaded,
                                     warnings=[message])
-    _say(progress, "checking the graph with onnx.checker and ONNX Runtime")
+    _say(progress, "checking the graph with onnx.checker and ONNX Runtime (TLC: against the source graph)")
     check_shape = calibration_shape(graph_model, calib, shape)
-    check_graph(graph_model, check_shape, impl if tlc else "standard")
+    check_graph(graph_model, check_shape, impl if tlc else "standard", source=source_graph if tlc else None)
 
     result_report = {
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
@@ -272,6 +339,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         "outputs": _io_table(graph_model.graph.output),
         "torch_global_ops": traced,
         "rewritten": [asdict(r) for r in records],
+        "kept_global": [asdict(k) for k in kept],
     }
     result_report["seconds"] = round(time.perf_counter() - start, 2)
     atomic_write_bytes(out_path, graph_model.SerializeToString())

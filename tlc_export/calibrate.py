@@ -14,7 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import UserError
-from .rewrite.patterns import GlobalOp, constant_value
+from .rewrite.graphutil import constant_value
+from .rewrite.ops import GlobalOp
 
 Window = tuple[int, int]
 

@@ -1,24 +1,5 @@
-"""Transposed (channel) attention — Restormer's MDTA — found in an ONNX graph and made local.
-
-Pattern
--------
-Restormer's attention turns a qkv map X [B, 3C, h, w] into Y [B, C, h, w]: X is split into q, k, v,
-each reshaped to [B, heads, c, h·w]; q and k are L2-normalised along the pixel axis; the c×c map
-softmax((q kᵀ)·temperature) mixes v's channels; the product is reshaped back. It is *global*
-because the c×c map sums over all pixels. ``match_transposed_attention`` finds it structurally from
-each Softmax:
-
-* Softmax over the last axis of ``MatMul(q̂, Transpose(k̂))`` (optionally scaled by constants),
-  where q̂ and k̂ are normalised over their last axis (``ReduceL2/Clip/Expand/Div``,
-  ``LpNormalization`` or ``Sqrt(ReduceSum(x²))`` variants) — the contracted axis is the normalised one;
-* the Softmax feeds ``MatMul(·, v)``;
-* q, k, v derive from one rank-4 tensor X through layout ops only (Slice/Split/Reshape/…, no
-  Transpose — the pixel axis is the flattened h·w of X): X is the nearest common such ancestor;
-* Y is the first rank-4 tensor reached from the second MatMul through layout ops.
-
-The region is every node between X and Y; it must not leak intermediate tensors and may read
-nothing but X and constants. Node names are not used (foreign graphs may have none); the
-exporter's scoped name of the Softmax gives the report's module path.
+"""Transposed (channel) attention made local: the matched region (``kinds.attention``) runs on the
+windows of its qkv map and the window outputs are averaged where they overlap.
 
 Rewrite
 -------
@@ -49,317 +30,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UserError
-from .patterns import GlobalOp, constant_value, _reduce_axes
+from .graphutil import is_constant, producer, value_through_identity
+from .ops import GlobalOp
 from .subgraphs import Builder
 
 Window = tuple[int, int]
 
-PATTERN = "Softmax(MatMul(L2Norm(q), L2Norm(k)^T))@v"
 IMPLEMENTATION = "window-gather"
-#: Ops that only move data (their first input is the data); q, k, v reach X through these alone.
-_LAYOUT_UP = {"Reshape", "Slice", "Split", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
-#: Ops the attention output may pass through on its way back to a 4-D map.
-_LAYOUT_DOWN = _LAYOUT_UP | {"Transpose"}
 #: A node of ours in a rewritten graph: its tensors are never matched again.
 TLC_MARK = "/tlc_attention/"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Matching
-
-
-def _producer(t: gs.Tensor) -> gs.Node | None:
-    return t.inputs[0] if len(t.inputs) == 1 else None
-
-
-def _rank(t: gs.Tensor) -> int | None:
-    if t.shape is not None:
-        return len(t.shape)
-    node = _producer(t)
-    if node is not None and node.op == "Reshape":
-        target = node.inputs[1]
-        if target.shape is not None and len(target.shape) == 1 and isinstance(target.shape[0], int):
-            return int(target.shape[0])
-    return None
-
-
-def _is_constant(t: gs.Tensor, memo: dict[int, bool]) -> bool:
-    """True when ``t`` is computed from constants alone (no graph input upstream)."""
-    if isinstance(t, gs.Constant):
-        return True
-    if id(t) in memo:
-        return memo[id(t)]
-    memo[id(t)] = False                       # cycles cannot happen; this also stops re-entry
-    node = _producer(t)
-    result = node is not None and all(_is_constant(i, memo) for i in node.inputs if i.name or isinstance(i, gs.Constant))
-    memo[id(t)] = result
-    return result
-
-
-def _value(t: gs.Tensor) -> np.ndarray | None:
-    """A constant's value, through Identity nodes (the exporter routes de-duplicated initializers —
-    e.g. equal ``temperature`` parameters of a freshly built model — through Identity)."""
-    for _ in range(4):
-        value = constant_value(t)
-        node = _producer(t)
-        if value is not None or node is None or node.op != "Identity":
-            return value
-        t = node.inputs[0]
-    return None
-
-
-def _last_axis(node: gs.Node, axes: list[int] | None, x: gs.Tensor) -> bool:
-    if axes is None or len(axes) != 1:
-        return False
-    rank = _rank(x)
-    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
-
-
-def _norm_source(d: gs.Tensor, x: gs.Tensor) -> bool:
-    """Whether the divisor ``d`` is ‖x‖₂ over x's last axis (clamped/broadcast/with eps)."""
-    for _ in range(8):
-        node = _producer(d)
-        if node is None:
-            return False
-        if node.op == "ReduceL2":
-            return node.inputs[0] is x and node.attrs.get("keepdims", 1) == 1 and _last_axis(node, _reduce_axes(node), x)
-        if node.op == "Sqrt":
-            inner = _producer(node.inputs[0])
-            if inner is not None and inner.op in ("ReduceSumSquare", "ReduceSum") and inner.attrs.get("keepdims", 1) == 1:
-                src = inner.inputs[0]
-                if inner.op == "ReduceSum":
-                    sq = _producer(src)
-                    if sq is None or not ((sq.op == "Mul" and sq.inputs[0] is x and sq.inputs[1] is x)
-                                          or (sq.op == "Pow" and sq.inputs[0] is x
-                                              and np.all(_value(sq.inputs[1]) == 2))):
-                        return False
-                    src = x
-                return src is x and _last_axis(inner, _reduce_axes(inner), x)
-            d = node.inputs[0]
-            continue
-        if node.op in ("Expand", "Clip", "Identity", "Cast"):
-            d = node.inputs[0]
-        elif node.op in ("Max", "Add") and len(node.inputs) == 2:
-            consts = [_is_constant(i, {}) for i in node.inputs]
-            if consts.count(True) != 1:
-                return False
-            d = node.inputs[consts.index(False)]
-        else:
-            return False
-    return False
-
-
-def _normalised_input(t: gs.Tensor) -> gs.Tensor | None:
-    """x when ``t`` is x L2-normalised over its last axis, else None."""
-    node = _producer(t)
-    if node is None:
-        return None
-    if node.op == "LpNormalization":
-        x = node.inputs[0]
-        if node.attrs.get("p", 2) == 2 and _last_axis(node, [int(node.attrs.get("axis", -1))], x):
-            return x
-        return None
-    if node.op == "Div":
-        x, d = node.inputs
-        return x if _norm_source(d, x) else None
-    if node.op == "Mul":
-        for x, r in (node.inputs, node.inputs[::-1]):
-            rec = _producer(r)
-            if rec is not None and rec.op == "Reciprocal" and _norm_source(rec.inputs[0], x):
-                return x
-    return None
-
-
-def _chain_up(t: gs.Tensor) -> list[gs.Tensor]:
-    """``t`` and its ancestors through data-moving ops (first input), nearest first."""
-    chain = [t]
-    for _ in range(16):
-        node = _producer(chain[-1])
-        if node is None or node.op not in _LAYOUT_UP:
-            break
-        chain.append(node.inputs[0])
-    return chain
-
-
-def _transposed_last_two(node: gs.Node | None) -> bool:
-    if node is None or node.op != "Transpose" or "perm" not in node.attrs:
-        return False
-    perm = list(node.attrs["perm"])
-    r = len(perm)
-    return r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2]
-
-
-def _scores_matmul(t: gs.Tensor) -> gs.Node | None:
-    """The MatMul under optional constant scalings (temperature) feeding the Softmax."""
-    memo: dict[int, bool] = {}
-    for _ in range(4):
-        node = _producer(t)
-        if node is None:
-            return None
-        if node.op == "MatMul":
-            return node
-        if node.op in ("Mul", "Div", "Add") and len(node.inputs) == 2 and _is_constant(node.inputs[1], memo):
-            t = node.inputs[0]
-        elif node.op in ("Mul", "Add") and len(node.inputs) == 2 and _is_constant(node.inputs[0], memo):
-            t = node.inputs[1]
-        else:
-            return None
-    return None
-
-
-def _output_map(t: gs.Tensor) -> gs.Tensor | None:
-    """The first rank-4 tensor at least one layout op below ``t`` (the attention output map)."""
-    for _ in range(6):
-        if len(t.outputs) != 1 or t.outputs[0].op not in _LAYOUT_DOWN:
-            return None
-        t = t.outputs[0].outputs[0]
-        if _rank(t) == 4:
-            return t
-    return None
-
-
-def _region(x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
-    """Nodes on a path from ``x`` to ``y`` (descendants of x that are ancestors of y)."""
-    below: set[int] = set()
-    stack = list(x.outputs)
-    while stack:
-        node = stack.pop()
-        if id(node) in below:
-            continue
-        below.add(id(node))
-        for out in node.outputs:
-            if out is not y:
-                stack.extend(out.outputs)
-    region: dict[int, gs.Node] = {}
-    stack = [_producer(y)]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in region or id(node) not in below:
-            continue
-        region[id(node)] = node
-        for inp in node.inputs:
-            if inp is not x:
-                stack.append(_producer(inp))
-    return list(region.values())
-
-
-#: Ops that keep a map's batch and spatial size (checked further for Conv/pools).
-_SIZE_KEEPING = {"Conv", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Erf",
-                 "Identity", "BatchNormalization", "InstanceNormalization", "Clip", "Neg", "Abs"}
-
-
-def _keeps_size(node: gs.Node) -> bool:
-    if node.op != "Conv":
-        return node.op in _SIZE_KEEPING
-    kernel = node.attrs.get("kernel_shape")
-    strides = node.attrs.get("strides", [1, 1])
-    dil = node.attrs.get("dilations", [1, 1])
-    pads = node.attrs.get("pads", [0, 0, 0, 0])
-    if kernel is None or len(kernel) != 2 or list(strides) != [1, 1] or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
-        return False
-    return all(pads[i] + pads[i + 2] == (kernel[i] - 1) * dil[i] for i in range(2))
-
-
-def _same_map_size(t: gs.Tensor, x: gs.Tensor) -> bool:
-    """Whether the 4-D ``t`` has ``x``'s batch and spatial size by construction: x is reached from t
-    through size-keeping ops (stride-1 'same' convolutions, elementwise ops)."""
-    seen, stack = set(), [x]
-    while stack:
-        cur = stack.pop()
-        if cur is t:
-            return True
-        node = _producer(cur)
-        if node is None or id(node) in seen or not _keeps_size(node) or len(seen) > 64:
-            continue
-        seen.add(id(node))
-        stack.extend(i for i in node.inputs if isinstance(i, gs.Variable) and i.name)
-    return False
-
-
-def _shape_sources(t: gs.Tensor, memo: dict[int, bool]) -> list[gs.Node] | None:
-    """The Shape nodes an integer tensor is computed from (with constants), or None when it also
-    depends on data."""
-    found: dict[int, gs.Node] = {}
-    stack = [t]
-    while stack:
-        cur = stack.pop()
-        if _is_constant(cur, memo):
-            continue
-        node = _producer(cur)
-        if node is None:
-            return None
-        if node.op == "Shape":
-            found[id(node)] = node
-            continue
-        if node.op not in ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity",
-                           "Add", "Sub", "Mul", "Div", "Mod", "Min", "Max", "Floor", "Ceil"):
-            return None
-        stack.extend(i for i in node.inputs if i.name or isinstance(i, gs.Constant))
-    return list(found.values())
-
-
-def match_transposed_attention(softmax: gs.Node, graph: gs.Graph) -> GlobalOp | None:
-    """The transposed-attention region around ``softmax``, or None when it is no such attention."""
-    if softmax.op != "Softmax":
-        return None
-    logits = softmax.inputs[0]
-    axis = int(softmax.attrs.get("axis", -1))
-    rank = _rank(logits)
-    if not (axis == -1 or (rank is not None and axis == rank - 1)):
-        return None
-    mm1 = _scores_matmul(logits)
-    if mm1 is None:
-        return None
-    q = _normalised_input(mm1.inputs[0])
-    kt = _producer(mm1.inputs[1])
-    if q is None or not _transposed_last_two(kt):
-        return None
-    k = _normalised_input(kt.inputs[0])
-    if k is None or len(softmax.outputs[0].outputs) != 1:
-        return None
-    mm2 = softmax.outputs[0].outputs[0]
-    if mm2.op != "MatMul" or mm2.inputs[0] is not softmax.outputs[0]:
-        return None
-    v = mm2.inputs[1]
-    chains = [_chain_up(q), _chain_up(k), _chain_up(v)]
-    common = [t for t in chains[0] if any(t is u for u in chains[1]) and any(t is u for u in chains[2])]
-    if not common:
-        return None
-    x = common[0]
-    if _rank(x) not in (4, None) or isinstance(x, gs.Constant):
-        return None
-    producer = _producer(x)
-    if producer is not None and TLC_MARK in producer.name:
-        return None                      # already a window batch of ours: converted before
-    y = _output_map(mm2.outputs[0])
-    if y is None:
-        return None
-    nodes = _region(x, y)
-    ids = {id(n) for n in nodes}
-    outputs = {id(t) for t in graph.outputs}
-    memo: dict[int, bool] = {}
-    external = []            # sizes read from outside, e.g. ``b, c, h, w = x.shape`` of the block input
-    for node in nodes:
-        for out in node.outputs:
-            if out is y:
-                continue
-            if id(out) in outputs or any(id(c) not in ids for c in out.outputs):
-                raise UserError(f"unsupported global op: node {softmax.name!r} (transposed attention whose "
-                                f"intermediate {out.name!r} is used outside the attention)")
-        for i, inp in enumerate(node.inputs):
-            if inp is x or (not inp.name and not isinstance(inp, gs.Constant)):
-                continue
-            p = _producer(inp)
-            if (p is not None and id(p) in ids) or _is_constant(inp, memo):
-                continue
-            sources = _shape_sources(inp, memo)
-            if not sources or not all(_rank(s.inputs[0]) == 4 and _same_map_size(s.inputs[0], x) for s in sources):
-                raise UserError(f"unsupported global op: node {softmax.name!r} (transposed attention that "
-                                f"also reads {inp.name!r}, which is not computed from its qkv map)")
-            external.append((node, i))
-    # Node names may be absent in foreign graphs; the Softmax's output name is unique either way.
-    return GlobalOp("attention", softmax.name or softmax.outputs[0].name, PATTERN, nodes, x, y,
-                    {"external_sizes": external})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -476,9 +155,9 @@ def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
     the windows; Expand before a broadcasting op: all ones)."""
     memo: dict[int, bool] = {}
     for node in op.nodes:
-        if node.op not in ("Reshape", "Expand") or not _is_constant(node.inputs[1], memo):
+        if node.op not in ("Reshape", "Expand") or not is_constant(node.inputs[1], memo):
             continue
-        target = _value(node.inputs[1])
+        target = value_through_identity(node.inputs[1])
         if target is None:
             raise UserError(f"node {node.name!r}: a {node.op} with a computed constant target inside the attention "
                             f"{op.name!r}; constant-fold the graph first (polygraphy surgeon sanitize --fold-constants)")
@@ -488,18 +167,17 @@ def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
                 raise UserError(f"node {node.name!r}: Expand to a constant shape inside the attention {op.name!r}")
             node.inputs[1] = b.const([1] * len(target))
             continue
-        if node.attrs.get("allowzero", 0):
-            raise UserError(f"node {node.name!r}: Reshape with allowzero=1 and a constant shape inside the "
-                            f"attention {op.name!r}")
+        # the batch is copied: 0, or its size where 0 means zero (allowzero=1, the dynamo exporter's)
+        batch = b.dim(node.inputs[0], 0) if node.attrs.get("allowzero", 0) else b.const([0])
         if node.outputs[0] is op.output:
             if len(target) != 4:
                 raise UserError(f"node {node.name!r}: the attention output Reshape has target {target}")
-            node.inputs[1] = b.op("Concat", [b.const([0, target[1]]), b.dim(xw, 2), b.dim(xw, 3)], {"axis": 0})
+            node.inputs[1] = b.op("Concat", [batch, b.const([target[1]]), b.dim(xw, 2), b.dim(xw, 3)], {"axis": 0})
             continue
-        new = [0] + target[1:]
-        if -1 not in new[1:] and len(new) > 1:
-            new[-1] = -1
-        node.inputs[1] = b.const(new)
+        rest = target[1:]
+        if -1 not in rest and rest:
+            rest[-1] = -1
+        node.inputs[1] = b.op("Concat", [batch, b.const(rest)], {"axis": 0})
 
 
 def _window_sizes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
@@ -520,11 +198,11 @@ def _window_sizes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
         return b.op("Slice", [full, b.const([start]), b.const(ends), b.const([0])])
 
     def clone(t: gs.Tensor) -> gs.Tensor:
-        if _is_constant(t, memo):
+        if is_constant(t, memo):
             return t
         if id(t) in clones:
             return clones[id(t)]
-        node = _producer(t)
+        node = producer(t)
         if node.op == "Shape":
             new = window_shape(node)
         else:
@@ -541,6 +219,23 @@ def _window_sizes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
         node.inputs[i] = clone(node.inputs[i])
 
 
+def _rebuild_computed_targets(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
+    """Reshape/Expand targets computed from sizes outside the region (the dynamo exporter derives them
+    from the graph input): batch from the Reshape's input, channel counts as inferred, a flattened pixel
+    axis −1, an (h, w) pair the window's; Expand before a broadcasting op: all ones."""
+    for node, dims in op.attrs.get("computed_targets", []):
+        if node.op == "Expand":
+            node.inputs[1] = b.const([1] * len(dims))
+            continue
+        batch = b.dim(node.inputs[0], 0)      # not 0: the dynamo exporter's Reshapes have allowzero=1
+        fixed = [d for d in dims[1:] if isinstance(d, int)]
+        if isinstance(dims[-2], int):          # one flattened pixel axis
+            pieces = [batch, b.const(fixed + [-1])]
+        else:
+            pieces = [batch, b.const(fixed), b.dim(xw, 2), b.dim(xw, 3)] if fixed else [batch, b.dim(xw, 2), b.dim(xw, 3)]
+        node.inputs[1] = b.op("Concat", pieces, {"axis": 0})
+
+
 def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None:
     """Rewire ``op``'s region (kept in the graph) to run on the windows of its qkv map and merge the
     window outputs into ``op.output`` (in place)."""
@@ -555,10 +250,11 @@ def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None
         for i, inp in enumerate(node.inputs):
             if inp is x:
                 node.inputs[i] = xw
-    last = _producer(y)
+    last = producer(y)
     assert last is not None and id(last) in ids
     yw = gs.Variable(f"{b.prefix}/windows_out")
     last.outputs[last.outputs.index(y)] = yw
     _window_sizes(b, op, xw)
+    _rebuild_computed_targets(b, op, xw)
     _rebuild_constant_shapes(b, op, xw)
     _merge(b, yw, rows, cols, y)

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import RewriteRecord, detach, forget_intermediate_shapes, localize
-from .patterns import GlobalOp
+from .ops import GlobalOp
 
 DOMAIN = "tlc_export"
 PLUGIN_VERSION = "1"
