@@ -92,7 +92,6 @@ class Arch:
 
 
 POOL = "AdaptiveAvgPool2d"
-SKIP_REASON_KEPT_NC = "pooled vector reshaped to (N, C[, 1, 1]) groups and fed to a softmax over branches"
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("NAFNet", "spandrel", "NAFNet", "NAFNet_arch", "NAFNet",
@@ -110,7 +109,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          sizes=((96, 80), (128, 48)), global_classes=(POOL,)),
     Arch("MIRNet_v2", "spandrel_extra_arches", "MIRNet2", "mirnet_v2_arch", "MIRNet_v2",
          dict(n_feat=16, chan_factor=1.5, n_MRB=1), 8, global_classes=(POOL, "ContextBlock"),
-         kept=(("SKFF", SKIP_REASON_KEPT_NC),)),
+         kept=(("ContextBlock", "softmax-weighted pool over all pixels (an H·W MatMul contraction)"),)),
     Arch("RCAN", "spandrel", "RCAN", "rcan_arch", "RCAN",
          dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=2, rgb_range=1), 1, global_classes=(POOL,)),
     Arch("HAT", "spandrel", "HAT", "HAT", "HAT",
@@ -127,15 +126,13 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          global_classes=(POOL,)),
     Arch("OmniSR", "spandrel", "OmniSR", "OmniSR", "OmniSR",
          dict(num_feat=16, block_num=1, window_size=8, res_num=1, up_scale=2), 8,
-         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation"),
-         kept=(("SqueezeExcitation", "einops Reduce to (N, C), then Linear layers over channels"),)),
+         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation")),
     Arch("SeemoRe", "spandrel", "SeemoRe", "seemore_arch", "SeemoRe",
          dict(scale=2, num_experts=2, num_layers=1, embedding_dim=16, recursive=1, topk=1), 4,
          global_classes=(POOL,),
          kept=(("Router", "pooled vector flattened to (N, C) and fed to a Linear choosing the experts"),)),
     Arch("MixDehazeNet", "spandrel", "MixDehazeNet", "MixDehazeNet", "MixDehazeNet",
-         dict(embed_dims=[8, 16, 32, 16, 8], depths=[1, 1, 1, 1, 1]), 4, global_classes=(POOL,),
-         kept=(("SKFusion", SKIP_REASON_KEPT_NC),)),
+         dict(embed_dims=[8, 16, 32, 16, 8], depths=[1, 1, 1, 1, 1]), 4, global_classes=(POOL,)),
     Arch("RealPLKSR", "spandrel", "PLKSR", "RealPLKSR", "RealPLKSR",
          dict(dim=16, n_blocks=2, upscaling_factor=2, kernel_size=7, norm_groups=4), 1,
          global_classes=("GroupNorm",)),

@@ -324,7 +324,36 @@ def _context_block_forward(self, x):
     return x + self.channel_add_conv(context)
 
 
+def _selective_kernel_forward(self, inp_feats):
+    """MIRNet-v2 ``SKFF`` / MixDehazeNet ``SKFusion``: pool the summed branches, MLP, softmax over the
+    branches. Locally the MLP and the softmax run per pixel on the local-mean map (the eager code's
+    ``view(B, height, C, 1, 1)`` becomes ``view(B, height, C, h, w)``)."""
+    b, c = inp_feats[0].shape[:2]
+    feats = torch.cat(inp_feats, dim=1).view(b, self.height, c, *inp_feats[0].shape[2:])
+    pooled = self.avg_pool(feats.sum(dim=1))
+    if hasattr(self, "mlp"):
+        attn = self.mlp(pooled)
+    else:
+        z = self.conv_du(pooled)
+        attn = torch.cat([fc(z) for fc in self.fcs], dim=1)
+    attn = self.softmax(attn.view(b, self.height, c, *attn.shape[2:]))
+    return (feats * attn).sum(dim=1)
+
+
+def _squeeze_excitation_forward(self, x):
+    """OmniSR ``SqueezeExcitation`` (einops Reduce to (N, C), Linear–SiLU–Linear–Sigmoid, back to
+    (N, C, 1, 1)): locally the Linear layers run per pixel on the local-mean map."""
+    pooled = x.mean(dim=(2, 3), keepdim=True)
+    gate = pooled.permute(0, 2, 3, 1)
+    for layer in list(self.gate)[1:-1]:
+        gate = layer(gate)
+    return x * gate.permute(0, 3, 1, 2)
+
+
 ADAPTERS = {
+    "SKFF": _selective_kernel_forward,
+    "SKFusion": _selective_kernel_forward,
+    "SqueezeExcitation": _squeeze_excitation_forward,
     "Attention": _mdta_forward,          # Restormer, M3SNet (OmniSR's Attention is windowed: not here)
     "TransAttention": _mdta_forward,
     "Channel_Attention_grid": _omnisr_grid_forward,
@@ -340,4 +369,6 @@ def adapter_for(module: nn.Module):
     name = type(module).__name__
     if name in ("Attention", "TransAttention") and not hasattr(module, "qkv_dwconv"):
         return None
+    if name == "SqueezeExcitation" and not hasattr(module, "gate"):
+        return None    # SAFMN's (unused) one is conv-based
     return ADAPTERS.get(name)
