@@ -20,7 +20,8 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .calibrate import calibrate_windows, calibration_shape, graph_input, import_graph
 from .errors import UserError
-from .export import export_onnx
+from .export import EXPORTERS, MIN_OPSET
+from .export_check import export_faithfully
 from .fileio import atomic_write_bytes, atomic_write_text, refuse_overwriting_input
 from .load import LoadedModel, load_model
 from .rewrite import KeptRecord, RewriteRecord, kept_records, kept_warning, localize, scan_graph
@@ -28,6 +29,7 @@ from .rewrite.scopes import module_scopes
 from .rewrite.subgraphs import BOX_FILTERS
 
 DEFAULT_OPSET = 17
+DEFAULT_EXPORTER = "dynamo"   # see README "Exporters" for the measurements behind this choice
 IMPLEMENTATIONS = ("standard", "plugin")
 
 
@@ -96,6 +98,8 @@ def _input_channels(loaded: LoadedModel, size: tuple[int, int]) -> int:
 
     if loaded.family is not None:
         return zoo.input_channels(loaded.family, loaded.preset, loaded.arch_kwargs)
+    if loaded.channels is not None:
+        return loaded.channels
     from .reference.convert import run_on_image
 
     try:
@@ -233,6 +237,42 @@ def _compare_with_source(source: onnx.ModelProto, outputs: list[np.ndarray], ima
                             f"please report it with the model")
 
 
+def _check_exporter_opset(exporter: str, opset: int | None) -> int:
+    """The opset to write: the exporter's lowest unless given; refused below what tlc-export or the
+    exporter supports."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if opset is None:
+        return MIN_OPSET[exporter]
+    if opset < DEFAULT_OPSET:
+        raise UserError(f"--opset {opset} is too old: tlc-export writes opset {DEFAULT_OPSET} or newer")
+    if opset < MIN_OPSET[exporter]:
+        raise UserError(f"--opset {opset}: the {exporter} exporter writes opset {MIN_OPSET[exporter]} or newer "
+                        f"(use --exporter torchscript for opset {opset})")
+    return opset
+
+
+def _program_exporter(loaded: LoadedModel, exporter: str) -> tuple[str, list[str]]:
+    """A .pt2 program goes through the dynamo exporter as it is; a static one is refused (its graph
+    would only run at one size). TorchScript modules can only take the TorchScript exporter."""
+    import torch
+
+    if loaded.program is not None:
+        from .load.program import input_dims
+
+        dims = input_dims(loaded.program)
+        if dims is not None and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
+            raise UserError(f"{loaded.path} was exported with static height and width "
+                            f"({'x'.join(map(str, dims))}): a TLC graph must run at other sizes; re-export "
+                            f"with torch.export.export(..., dynamic_shapes=...) for dynamic height and width")
+        if dims is not None and isinstance(dims[0], int):
+            return "dynamo", [f"the .pt2 fixes the batch at {dims[0]}: so does the graph"]
+        return "dynamo", []
+    if isinstance(loaded.module, torch.jit.ScriptModule):
+        return "torchscript", []
+    return exporter, []
+
+
 def default_output(source: Path, tlc: bool) -> Path:
     stem = source.name
     for suffix in (".onnx", ".pt2", ".pth", ".pt", ".ckpt", ".bin"):
@@ -257,8 +297,9 @@ def module_as_loaded(module, arch: str | None = None, arch_kwargs: dict | None =
 def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
             arch_kwargs: dict | None = None, output: str | Path | None = None,
             input_shape: tuple[int, int, int, int] | str | None = None, static: bool = False,
-            opset: int = DEFAULT_OPSET, tlc: bool = True, report: str | Path | None = None,
+            opset: int | None = None, tlc: bool = True, report: str | Path | None = None,
             trust_pickle: bool = False, impl: str = "standard", box_filter: str = "auto",
+            exporter: str = DEFAULT_EXPORTER,
             progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``model`` (a file path, or an in-memory ``nn.Module`` with ``output`` given) to a TLC ONNX
     graph. See the README for the options."""
@@ -271,8 +312,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
     if box_filter not in BOX_FILTERS:
         raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
-    if opset < 17:
-        raise UserError(f"--opset {opset} is too old: tlc-export writes opset 17 or newer")
+    opset = _check_exporter_opset(exporter, opset)
     in_memory = not isinstance(model, (str, Path))
     if in_memory and output is None:
         raise UserError("converting an in-memory nn.Module needs an output path")
@@ -289,6 +329,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     else:
         _say(progress, f"loading {source}")
         loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    if loaded.architecture:
+        _say(progress, f"architecture {loaded.architecture} ({loaded.loader})")
     notes = list(loaded.notes)
     traced = []
     prefix = ""
@@ -298,11 +340,15 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         _check_multiple(loaded, calib, "--calib")
         shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
         _check_multiple(loaded, shape[2:], "--input-shape")
+        exporter, form_notes = _program_exporter(loaded, exporter)
+        notes += form_notes
         traced = [asdict(t) for t in list_global_ops(loaded.module)]
-        _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} "
+        _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "
                        f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
-        graph_model = export_onnx(loaded.module, shape, opset=opset, dynamic=not static, family=loaded.family)
-        prefix = "model."
+        graph_model, exporter, export_notes = export_faithfully(loaded, shape, opset, static, exporter,
+                                                                lambda m: _say(progress, m))
+        notes += export_notes
+        prefix = "model." if loaded.program is None else ""
     else:
         graph_model = loaded.onnx_model
         shape = input_shape
@@ -330,6 +376,8 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     result_report = {
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
         "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
+        "architecture": loaded.architecture, "loader": loaded.loader,
+        "exporter": exporter if loaded.module is not None else None,
         "input_multiple": loaded.input_multiple if loaded.module is not None else None,
         "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None,
         "box_filter": box_filter if tlc else None, "dynamic": not static,

@@ -38,7 +38,11 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output .onnx path (default: <stem>.tlc.onnx beside the input)")
     p.add_argument("--input-shape", help="export input NxCxHxW (default 1xCx<calib>)")
     p.add_argument("--static", action="store_true", help="bake the export shape (default: dynamic N, H, W)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: the exporter's lowest, 18 for dynamo, 17 for torchscript)")
+    p.add_argument("--exporter", default=None, choices=["dynamo", "torchscript"],
+                   help="PyTorch's ONNX exporter (default dynamo, torch.export-based; torchscript is deprecated). "
+                        "A .pt2 always takes dynamo, a TorchScript archive torchscript")
     p.add_argument("--no-tlc", action="store_true", help="export the unchanged global model the same way")
     p.add_argument("--impl", default="standard", choices=["standard", "plugin"],
                    help="standard-op subgraphs (default) or one custom node per op (TensorRT plugin)")
@@ -75,6 +79,7 @@ def run_convert(argv: list[str]) -> int:
                          input_shape=args.input_shape, static=args.static, opset=args.opset,
                          tlc=not args.no_tlc, report=args.report, trust_pickle=args.trust_pickle, impl=args.impl,
                          box_filter=args.box_filter,
+                         **({"exporter": args.exporter} if args.exporter else {}),
                          progress=progress_printer())
     for w in result.warnings:
         print(f"tlc-export: warning: {w}", file=sys.stderr)

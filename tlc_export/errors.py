@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input: the message says what was wrong and what to do."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (its type name when it has no message)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

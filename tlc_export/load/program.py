@@ -1,0 +1,55 @@
+"""``.pt2`` archives (``torch.export.save``) → ``ExportedProgram``, read without unpickling."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError, first_line as _first_line
+from .archives import pt2_pickled_entries, refuse_unsafe
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Second line of defence behind the archive audit: while torch.export reads the archive, any
+    ``torch.load`` it makes is ``weights_only`` (its fallback to a full unpickler raises instead)."""
+    original = torch.load
+
+    def guarded(*args, **kwargs):
+        if kwargs.get("weights_only") is False:
+            raise RuntimeError("refused: the archive asks for a full unpickler (weights_only=False)")
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = guarded
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def load_program(path: Path, trust_pickle: bool) -> torch.export.ExportedProgram:
+    try:
+        findings = pt2_pickled_entries(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as a torch.export archive ({_first_line(exc)})") from None
+    refuse_unsafe(path, "torch.export archive", findings, trust_pickle)
+    guard = contextlib.nullcontext() if trust_pickle else _weights_only_loads()
+    try:
+        with guard:
+            return torch.export.load(str(path))
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as a torch.export archive ({_first_line(exc)})") from None
+
+
+def input_dims(program: torch.export.ExportedProgram) -> list[int | str] | None:
+    """The image input's dims as the program has them: ints where fixed, symbol names where dynamic."""
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"
+                    and n.name in program.graph_signature.user_inputs]
+    shape = getattr(placeholders[0].meta.get("val"), "shape", None) if placeholders else None
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) else str(d) for d in shape]
