@@ -65,3 +65,43 @@ def test_both_exporters_give_an_exact_graph(family, exporter):
         errs = [float(np.abs(g - w).max()) for g, w in zip(got, want)]
         assert max(errs) <= 1e-5, (family, exporter, size, errs)
         assert max(float(np.abs(g - w).max()) for g, w in zip(glob, want)) > 1e-4   # TLC changes something
+
+
+class ShapeReadingAttention(torch.nn.Module):
+    """Restormer's attention written like upstream's einops code: sizes read from the tensors being
+    reshaped (``.shape`` of the attention output), the output size from the block input."""
+
+    def forward(self, x):
+        _, _, h, w = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+
+        def heads(t):
+            b, c, hh, ww = t.shape
+            return t.reshape(b, self.num_heads, c // self.num_heads, hh * ww)
+
+        q, k = torch.nn.functional.normalize(heads(q), dim=-1), torch.nn.functional.normalize(heads(k), dim=-1)
+        out = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1) @ heads(v)
+        b, n_heads, c, _ = out.shape
+        return self.project_out(out.reshape(b, n_heads * c, h, w))
+
+
+@pytest.mark.parametrize("form", ["torchscript", "trace", "dynamo"])
+def test_shape_reading_attention_is_found_in_every_form(form):
+    from tlc_export.zoo.restormer import Attention
+
+    torch.manual_seed(0)
+    model = perturb_identity_params(zoo.build("restormer", **FAMILIES["restormer"])).eval()
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.__class__ = type("Upstream", (ShapeReadingAttention, Attention), {})
+    with torch.no_grad():
+        source = torch.jit.trace(model, torch.rand(1, 3, *CALIB)) if form == "trace" else model
+    stage = rewrite_stage(export(source, "dynamo" if form == "dynamo" else "torchscript"), CALIB, (1, 3, *CALIB))
+    assert [r.op for r in stage.records] == ["attention"] * 8 and not stage.kept
+    local, _ = to_local(copy.deepcopy(model), CALIB)
+    session = ort_session(stage.model)
+    x = torch.rand(1, 3, *SIZES[1], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = local(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-5

@@ -167,3 +167,58 @@ class OnlyMax(nn.Module):
 def test_graph_with_only_kept_global_ops_is_refused():
     with pytest.raises(UserError, match="nothing to convert.*kept global.*--no-tlc"):
         rewrite_stage(export(OnlyMax().eval(), False), CALIB, (1, 3, *CALIB))
+
+
+class ContextPool(nn.Module):
+    """GCNet / MIRNet-v2 context block (softmax-weighted pool: a MatMul over H·W, kept global) beside a
+    channel attention (localised)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.mask, self.ca = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 1, 1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        weights = self.mask(x).view(b, 1, h * w).softmax(dim=2).unsqueeze(-1)       # N, 1, HW, 1
+        context = torch.matmul(x.view(b, c, h * w).unsqueeze(1), weights).view(b, c, 1, 1)
+        return x * torch.sigmoid(self.ca(F.adaptive_avg_pool2d(x, 1))) + context
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_softmax_weighted_context_pool_is_kept_global(dynamo):
+    stage = rewrite_stage(export(ContextPool().eval(), dynamo), CALIB, (1, 3, *CALIB))
+    assert [r.op for r in stage.records] == ["avgpool"]
+    assert [k.kind for k in stage.kept] == ["hw-contraction"] and "all pixels" in stage.kept[0].reason
+
+
+class InstanceNormBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+def test_self_check_refuses_a_wrong_rewrite_with_the_numbers(tmp_path, monkeypatch):
+    """A rewrite bug (here: a kind that uses the wrong epsilon) is caught at the calibration size, where
+    the TLC graph must equal the source graph; nothing is written."""
+    from tlc_export.api import convert
+    from tlc_export.rewrite.kinds import instancenorm
+
+    original = instancenorm.localize
+
+    def wrong_eps(b, op, window, options):
+        op.attrs["eps"] = 0.5
+        return original(b, op, window, options)
+
+    monkeypatch.setattr(instancenorm, "localize", wrong_eps)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match=r"self-check failed.*calibration size 16x16.*output .* by [0-9.e-]+ \(max abs"):
+        convert(InstanceNormBlock().eval(), CALIB, output=out, input_shape=(1, 3, *CALIB))
+    assert not out.exists()
+    monkeypatch.setattr(instancenorm, "localize", original)
+    assert convert(InstanceNormBlock().eval(), CALIB, output=out, input_shape=(1, 3, *CALIB)).onnx_path == out

@@ -205,21 +205,30 @@ def check_graph(model: onnx.ModelProto, shape: tuple[int, int, int, int], impl: 
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
         raise RuntimeError(f"the rewritten graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-    session = ort_session(model, impl=impl)
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    outputs = session.run(None, {graph_input(model).name: image})
+    outputs = _run_once(lambda: ort_session(model, impl=impl), model, image, "the converted graph")
     if not all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating)):
         raise RuntimeError("the rewritten graph produced non-finite values at the calibration size")
     if source is not None:
         _compare_with_source(source, outputs, image, shape)
 
 
+def _run_once(make_session, model: onnx.ModelProto, image: np.ndarray, what: str) -> list[np.ndarray]:
+    """One ONNX Runtime run; a failure (e.g. a graph that cannot run at this size) is one clear line."""
+    try:
+        return make_session().run(None, {graph_input(model).name: image})
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        size = "x".join(map(str, image.shape[2:]))
+        raise UserError(f"{what} fails in ONNX Runtime at {size} ({first}); check that the model runs at "
+                        f"this size (choose another --calib) or export it another way") from None
+
+
 def _compare_with_source(source: onnx.ModelProto, outputs: list[np.ndarray], image: np.ndarray, shape) -> None:
     from .runtime import ort_session
 
-    session = ort_session(source)
-    expected = session.run(None, {graph_input(source).name: image})
-    for meta, got, want in zip(session.get_outputs(), outputs, expected):
+    expected = _run_once(lambda: ort_session(source), source, image, "the source graph")
+    for meta, got, want in zip(source.graph.output, outputs, expected):
         if not np.issubdtype(want.dtype, np.floating):
             continue
         if got.shape != want.shape and want.shape[-2:] == (1, 1) and got.ndim == want.ndim:
