@@ -41,6 +41,13 @@ def arch_module(package: str, arch: str, module: str):
     which need it): then ``spandrel`` is registered as a bare package so only the architecture modules
     (and the helpers they import) load."""
     name = f"{package}.architectures.{arch}.__arch.{module}"
+    try:   # the converter's own importer (real packages, placeholders for what needs torchvision)
+        from tlc_export.load.spandrel_arches import spandrel_registry
+
+        if spandrel_registry().registry is not None:
+            return importlib.import_module(name)
+    except ImportError:
+        pass
     if "spandrel" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         _stub_package("spandrel")
     _stub_package(f"{package}.architectures.{arch}")   # its __init__ imports spandrel's registry API
@@ -180,10 +187,12 @@ def _is_global_module(m: nn.Module, classes: tuple) -> bool:
     return True
 
 
-def true_counts(arch: Arch, model: nn.Module, size=(64, 64)) -> tuple[int, int]:
-    """(all, expected kept-global): calls, on one forward, of the modules found by walking the module
-    tree whose class holds a global op; 'kept' ones run inside a module named in ``arch.kept``."""
-    calls = {"all": 0, "kept": 0}
+def true_counts(arch: Arch, model: nn.Module, size=(64, 64)) -> tuple[int, int, int, int]:
+    """Walk the module tree for the modules whose class holds a global op and count, on one forward,
+    (calls, calls expected kept global, distinct aggregations, distinct kept): two modules pooling the
+    same tensor (MixDehazeNet's Wg and ca) are one aggregation in an exported graph. 'Kept' ones run
+    inside a module named in ``arch.kept``."""
+    calls, inputs, alive = [], {}, []   # inputs stay alive so no two share a freed data pointer
     kept_names = {name for name, _ in arch.kept}
     handles = []
     for path, m in model.named_modules():
@@ -192,8 +201,10 @@ def true_counts(arch: Arch, model: nn.Module, size=(64, 64)) -> tuple[int, int]:
                               for part, p in _ancestors(model, path))
 
             def hook(mod, inp, out, kept=inside_kept):
-                calls["all"] += 1
-                calls["kept"] += kept
+                calls.append(kept)
+                x = inp[0][0] if isinstance(inp[0], (list, tuple)) else inp[0]
+                alive.append(x)
+                inputs[(x.data_ptr(), tuple(x.shape), type(mod).__name__ == "AdaptiveAvgPool2d")] = kept
             handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -201,7 +212,7 @@ def true_counts(arch: Arch, model: nn.Module, size=(64, 64)) -> tuple[int, int]:
     finally:
         for h in handles:
             h.remove()
-    return calls["all"], calls["kept"]
+    return len(calls), sum(calls), len(inputs), sum(inputs.values())
 
 
 def _ancestors(model: nn.Module, path: str):

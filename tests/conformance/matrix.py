@@ -47,11 +47,11 @@ def reference(name: str):
     if name not in _REFS:
         arch = ARCHS[name]
         model = arch.build()
-        total, kept = true_counts(arch, model)
+        calls, kept_calls, total, kept = true_counts(arch, model)
         ref = TLCReference(model, arch.kept, CALIB)
-        assert len(ref.ops) == total and len(ref.kept_ops) == kept, (
+        assert len(ref.ops) == calls and len(ref.kept_ops) == kept_calls, (
             f"{name}: the reference found {len(ref.ops)} global ops ({len(ref.kept_ops)} kept), "
-            f"the module tree {total} ({kept})")
+            f"the module tree {calls} ({kept_calls})")
         _REFS[name] = (model, ref, total, kept)
     return _REFS[name]
 

@@ -53,9 +53,9 @@ ALL = [pytest.param(a, marks=() if a in DEFAULT_ARCHS else pytest.mark.conforman
 def test_reference_counts_and_calibration_identity(name):
     arch = ARCHS[name]
     model = arch.build()
-    total, kept = true_counts(arch, model)
+    calls, kept, _, _ = true_counts(arch, model)
     ref = TLCReference(model, arch.kept, (64, 64))
-    assert (len(ref.ops), len(ref.kept_ops)) == (total, kept)
+    assert (len(ref.ops), len(ref.kept_ops)) == (calls, kept)
     image = sample_image(64, 64, seed=5)
     assert (ref(image) - ref(image, local=False)).abs().max() < 1e-12
     out = model(image.clone())
