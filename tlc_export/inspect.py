@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from .api import (_check_multiple, _input_channels, _known_module_path, module_as_loaded, parse_calib,
