@@ -286,8 +286,7 @@ def _check_exporter_opset(exporter: str, opset: int | None) -> int:
         raise UserError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     if opset is None:
         return MIN_OPSET[exporter]
-    if opset < DEFAULT_OPSET:
-        raise UserError(f"--opset {opset} is too old: tlc-export writes opset {DEFAULT_OPSET} or newer")
+    guards.check_opset(opset)   # the range tlc-export, the exporter and ONNX Runtime support
     if opset < MIN_OPSET[exporter]:
         raise UserError(f"--opset {opset}: the {exporter} exporter writes opset {MIN_OPSET[exporter]} or newer "
                         f"(use --exporter torchscript for opset {opset})")
@@ -349,14 +348,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
     calib = parse_calib(calib)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
-    if impl not in IMPLEMENTATIONS:
-        raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
-    if box_filter not in BOX_FILTERS:
-        raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
-    if fast and impl == "plugin":
-        raise UserError("--fast is built from standard ops only; drop --impl plugin (or --fast)")
-    opset = guards.check_opset(_check_exporter_opset(exporter, opset))
-    guards.check_arch_kwargs(arch, arch_kwargs)
+    opset = _check_options(impl, box_filter, fast, exporter, opset, arch, arch_kwargs)
     in_memory = not isinstance(model, (str, Path))
     if in_memory and output is None:
         raise UserError("converting an in-memory nn.Module needs an output path")
@@ -367,78 +359,32 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
                         note=output_notes.append)
     guards.check_arch_size(arch, arch_kwargs)
 
-    if in_memory:
-        loaded = module_as_loaded(model, arch, arch_kwargs)
-    else:
-        _say(progress, f"loading {source}")
-        loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
-    _check_loaded(loaded, source)
+    loaded = _load_for_conversion(model, source, in_memory, arch, arch_kwargs, trust_pickle, progress)
     calib = resolve_calib(calib, loaded)
-    if loaded.architecture:
-        _say(progress, f"architecture {loaded.architecture} ({loaded.loader})")
-    notes = list(loaded.notes)
-    traced = []
-    prefix = ""
-    if loaded.module is not None:
-        from .trace import list_global_ops
-
-        exporter, form_notes = _program_exporter(loaded, exporter)   # before running the model
-        notes += form_notes
-        _check_multiple(loaded, calib, "--calib")
-        guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
-        shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
-        _check_multiple(loaded, shape[2:], "--input-shape")
-        _check_sizes(loaded, shape, calib, input_shape is not None)
-        traced = [asdict(t) for t in list_global_ops(loaded.module)]
-        _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "
-                       f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
-        # A static TLC graph is exported and calibrated dynamic, then its shape is baked in, so the
-        # calibration size need not be the static size.
-        with ticking("exporting ONNX"):
-            graph_model, exporter, export_notes = export_faithfully(loaded, shape, opset, static and not tlc,
-                                                                    exporter, lambda m: _say(progress, m))
-        notes += export_notes
-        prefix = "model." if loaded.program is None else ""
-    else:
-        graph_model = loaded.onnx_model
-        shape = input_shape
-        guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
-
-    records: list[RewriteRecord] = []
-    kept: list[KeptRecord] = []
-    source_graph = graph_model
+    exported = _export_stage(loaded, calib, input_shape, opset, static and not tlc, exporter, progress)
+    notes = list(loaded.notes) + exported.notes
+    stage = RewriteStage(exported.model, [], [])
     if tlc:
         _say(progress, f"calibrating at {calib[0]}x{calib[1]} and rewriting global ops")
         with ticking("calibrating and rewriting"):
-            stage = rewrite_stage(graph_model, calib, shape, impl, module_prefix=prefix,
-                                  known_paths={t["path"] for t in traced}, box_filter=box_filter, fast=fast)
-        graph_model, records, kept = stage.model, stage.records, stage.kept
-        if kept:
-            notes.append(kept_warning(kept))
-            warnings.warn(kept_warning(kept))
-        if not records:
+            stage = rewrite_stage(exported.model, calib, exported.shape, impl, module_prefix=exported.prefix,
+                                  known_paths={t["path"] for t in exported.traced}, box_filter=box_filter,
+                                  fast=fast)
+        if not stage.records:
             message = "no global op found in the graph: nothing to convert, nothing written"
             warnings.warn(message)
             return ConversionResult(None, None, {"rewritten": [], "warning": message}, loaded=loaded,
                                     warnings=[message])
-    said = []
-    if fast and any(r.op == "groupnorm" for r in records):
-        said.append("--fast: group norm has no official fast mode; its ops are rewritten in exact TLC")
-        warnings.warn(said[-1])
-        notes += said
-    _say(progress, "checking the graph with onnx.checker and ONNX Runtime (TLC: against the source graph)")
-    bake = static and tlc and loaded.module is not None
-    # the self-check against the source graph holds where every window covers its map: the calibration size
-    check_graph(graph_model, calibration_shape(graph_model, calib, shape), impl if tlc else "standard",
-                source=source_graph if tlc else None)
-    if bake:
-        graph_model = bake_shape(graph_model, shape, check_graph(graph_model, shape, impl))
+    said = _stage_warnings(stage, fast)
+    notes += said
+    graph_model = _checked(stage.model, exported, calib, impl if tlc else "standard", tlc,
+                           bake=static and tlc and loaded.module is not None, progress=progress)
 
     result_report = {
         "tool": "tlc-export", "version": __version__, "source": str(source), "format": loaded.format,
         "preset": loaded.preset, "family": loaded.family, "arch_kwargs": loaded.arch_kwargs, "notes": notes,
         "architecture": loaded.architecture, "loader": loaded.loader,
-        "exporter": exporter if loaded.module is not None else None,
+        "exporter": exported.exporter if loaded.module is not None else None,
         "input_multiple": loaded.input_multiple if loaded.module is not None else None,
         "calib": list(calib), "tlc": tlc, "impl": impl if tlc else None,
         "box_filter": box_filter if tlc else None, "fast": fast if tlc else None, "dynamic": not static,
@@ -446,16 +392,104 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
         "inputs": _io_table(v for v in graph_model.graph.input
                             if v.name not in {i.name for i in graph_model.graph.initializer}),
         "outputs": _io_table(graph_model.graph.output),
-        "torch_global_ops": traced,
-        "rewritten": [asdict(r) for r in records],
-        "kept_global": [asdict(k) for k in kept],
+        "torch_global_ops": exported.traced,
+        "rewritten": [asdict(r) for r in stage.records],
+        "kept_global": [asdict(k) for k in stage.kept],
     }
     result_report["seconds"] = round(time.perf_counter() - start, 2)
     out.write(graph_model, result_report)
-    _say(progress, f"wrote {out.graph} ({len(records)} global ops rewritten) and {out.report}")
+    _say(progress, f"wrote {out.graph} ({len(stage.records)} global ops rewritten) and {out.report}")
     result = ConversionResult(out.graph, out.report, result_report, graph_model, loaded, triton_path=out.triton_entry)
     result.warnings.extend(said + output_notes)
     return result
+
+
+def _check_options(impl: str, box_filter: str, fast: bool, exporter: str, opset: int | None,
+                   arch: str | None, arch_kwargs: dict | None) -> int:
+    """Refuse option values and combinations before any work; returns the opset to write."""
+    if impl not in IMPLEMENTATIONS:
+        raise UserError(f"--impl {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    if box_filter not in BOX_FILTERS:
+        raise UserError(f"--box-filter {box_filter!r} is not one of {', '.join(BOX_FILTERS)}")
+    if fast and impl == "plugin":
+        raise UserError("--fast is built from standard ops only; drop --impl plugin (or --fast)")
+    guards.check_arch_kwargs(arch, arch_kwargs)
+    return _check_exporter_opset(exporter, opset)
+
+
+def _load_for_conversion(model, source: Path, in_memory: bool, arch, arch_kwargs, trust_pickle: bool,
+                         progress) -> LoadedModel:
+    if in_memory:
+        loaded = module_as_loaded(model, arch, arch_kwargs)
+    else:
+        _say(progress, f"loading {source}")
+        loaded = load_model(source, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
+    _check_loaded(loaded, source)
+    if loaded.architecture:
+        _say(progress, f"architecture {loaded.architecture} ({loaded.loader})")
+    return loaded
+
+
+@dataclass
+class ExportStage:
+    """The export stage's result: the global graph and what the later stages need to know of it."""
+
+    model: onnx.ModelProto
+    shape: tuple[int, int, int, int] | None   # the export input shape (None: an .onnx file as given)
+    exporter: str | None = None
+    notes: list[str] = field(default_factory=list)
+    traced: list[dict] = field(default_factory=list)   # global ops found in the eager module
+    prefix: str = ""                                    # exporter scope prefix of module paths
+
+
+def _export_stage(loaded: LoadedModel, calib, input_shape, opset: int, static: bool, exporter: str,
+                  progress) -> ExportStage:
+    """The global ONNX graph of ``loaded`` (an .onnx input as it is). ``static`` bakes the export shape;
+    a static TLC graph is exported and calibrated dynamic and its shape baked in after the rewrite, so
+    the calibration size need not be the static size."""
+    if loaded.module is None:
+        guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
+        return ExportStage(loaded.onnx_model, input_shape)
+    from .trace import list_global_ops
+
+    exporter, notes = _program_exporter(loaded, exporter)   # before running the model
+    _check_multiple(loaded, calib, "--calib")
+    guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
+    shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
+    _check_multiple(loaded, shape[2:], "--input-shape")
+    _check_sizes(loaded, shape, calib, input_shape is not None)
+    traced = [asdict(t) for t in list_global_ops(loaded.module)]
+    _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "
+                   f"({'static' if static else 'dynamic batch/H/W'}, opset {opset})")
+    with ticking("exporting ONNX"):
+        graph_model, exporter, export_notes = export_faithfully(loaded, shape, opset, static, exporter,
+                                                                lambda m: _say(progress, m))
+    return ExportStage(graph_model, shape, exporter, notes + export_notes, traced,
+                       "model." if loaded.program is None else "")
+
+
+def _stage_warnings(stage: RewriteStage, fast: bool) -> list[str]:
+    """The rewrite's warnings (ops kept global; group norm without a fast mode), also raised as warnings."""
+    said = []
+    if stage.kept:
+        said.append(kept_warning(stage.kept))
+    if fast and any(r.op == "groupnorm" for r in stage.records):
+        said.append("--fast: group norm has no official fast mode; its ops are rewritten in exact TLC")
+    for message in said:
+        warnings.warn(message)
+    return said
+
+
+def _checked(graph_model: onnx.ModelProto, exported: ExportStage, calib, impl: str, tlc: bool, bake: bool,
+             progress) -> onnx.ModelProto:
+    """onnx.checker and ONNX Runtime on the final graph; for TLC the self-check against the source graph
+    at the calibration size, where every window covers its map. ``bake``: then the static shape."""
+    _say(progress, "checking the graph with onnx.checker and ONNX Runtime (TLC: against the source graph)")
+    check_graph(graph_model, calibration_shape(graph_model, calib, exported.shape), impl,
+                source=exported.model if tlc else None)
+    if bake:
+        graph_model = bake_shape(graph_model, exported.shape, check_graph(graph_model, exported.shape, impl))
+    return graph_model
 
 
 def _check_loaded(loaded: LoadedModel, source: Path) -> None:
