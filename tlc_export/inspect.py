@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from .api import (_check_multiple, _input_channels, _known_module_path, module_as_loaded, parse_calib,
                   parse_size, resolve_calib)
 from .calibrate import calibrate_windows, calibration_shape, import_graph
+from .fast_rules import max_factor, subsampling_factor
 from .load import LoadedModel, load_model
 from .macs import GraphMacs, graph_macs, per_pixel_macs, run_time_shapes
 from .rewrite import scan_graph
@@ -34,7 +35,6 @@ from .rewrite.scopes import module_scopes
 
 DEFAULT_SIZE = (720, 1280)
 PROBE_SIDE = 256           # export size when no calibration is given or suggested
-FAST_RATES = (5, 4, 3, 2, 1)  # official fast_imp subsampling rates, largest first
 
 
 @dataclass
@@ -150,8 +150,7 @@ def fast_grid(n: int, k: int, map_at_calib: int, calib_side: int) -> tuple[int, 
     """(r, output length) of official fast_imp along one axis of length ``n``, window ``k``: r is the largest
     of 5, 4, 3, 2, 1 dividing n, capped at max(1, 5·map_at_calib // calib_side); the mean runs on the
     ::r subsampled axis (n' = ceil(n / r)) with window k' = min(n' − 1, k // r): n' − k' outputs."""
-    cap = max(1, FAST_RATES[0] * map_at_calib // calib_side)
-    r = min(cap, next(r for r in FAST_RATES if n % r == 0))
+    r = subsampling_factor(n, max_factor(map_at_calib, calib_side))
     sub = -(-n // r)
     k_sub = max(1, min(sub - 1, k // r))
     return r, sub - k_sub
