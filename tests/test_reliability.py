@@ -489,3 +489,20 @@ def test_outputs_get_umask_permissions_and_replaced_files_keep_their_mode(work, 
         assert (work / "r" / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask
     finally:
         os.umask(old)
+
+
+def test_an_unexpected_library_failure_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """A library failing on a model (e.g. the TorchScript interpreter on a scripted Restormer) ends in one
+    line and exit 2; the traceback is there on request."""
+    import tlc_export.cli as cli_module
+
+    def failing(argv):
+        raise RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback ...")
+
+    monkeypatch.setattr(cli_module, "run_convert", failing)
+    line = one_line(*cli(["model.pt", "--calib", "64"], capsys), "RuntimeError", "TorchScript interpreter",
+                    cli_module.TRACEBACK_VARIABLE)
+    assert "Traceback" not in line
+    monkeypatch.setenv(cli_module.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(RuntimeError):
+        main(["model.pt", "--calib", "64"])

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
-from .errors import UserError
+from .errors import UserError, first_line
+
+# Set to see the traceback of an unexpected failure instead of its one-line summary.
+TRACEBACK_VARIABLE = "TLC_EXPORT_TRACEBACK"
 
 # Subcommand name -> module in tlc_export.commands with add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS = {
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlc-export: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a library failing on this model: one line (the traceback on request)
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(f"tlc-export: error: {type(exc).__name__} while processing the model: {first_line(exc)} "
+              f"(nothing was written; set {TRACEBACK_VARIABLE}=1 for the traceback, and please report it "
+              f"with the model)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
