@@ -1,6 +1,6 @@
 """The one place where expected-failure cells are listed, each with its reason (marked xfail by the
 suite, shown as "(xfail)" in docs/CONFORMANCE.md). The F-numbers are the findings in
-/work/CONFORMANCE-FINDINGS.md. Remove an entry when a merge fixes it: the xfail is strict, so a fixed
+docs/CONFORMANCE-FINDINGS.md. Remove an entry when a merge fixes it: the xfail is strict, so a fixed
 cell fails until its entry goes. Regenerate with ``python -m tests.conformance.make_table --expectations``.
 UNWRITABLE lists the forms PyTorch itself cannot write for an architecture (not the converter's fault).
 

@@ -91,7 +91,7 @@ Notes:
 """
 
 
-# Known causes (ids of /work/CONFORMANCE-FINDINGS.md), matched on a failing cell's message.
+# Known causes (ids of docs/CONFORMANCE-FINDINGS.md), matched on a failing cell's message.
 KNOWN = [
     (r"unknown architecture", "F1: spandrel state dicts not recognised by the loader"),
     (r"__trunc__", "F10: .pt2 retraced through the TorchScript exporter (traceback)"),
