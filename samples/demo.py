@@ -99,6 +99,7 @@ def median_ms(fn, runs: int = 3) -> float:
 
 
 def convert_both(ckpt: Path, calib, arch, kwargs, out: Path):
+    out.mkdir(parents=True, exist_ok=True)   # the converter never creates missing parent directories
     t = time.perf_counter()
     tlc = convert(ckpt, calib, arch=arch, arch_kwargs=kwargs, output=out / "model.tlc.onnx")
     glob = convert(ckpt, calib, arch=arch, arch_kwargs=kwargs, output=out / "model.global.onnx", tlc=False)
