@@ -83,3 +83,14 @@ def test_patch_inference_of_a_pointwise_model_is_exact():
     x = np.random.default_rng(0).random((1, 3, 300, 530), dtype=np.float32)
     out = patch_inference(lambda t: t * 2 + 1, x, patch=256, overlap=128)
     np.testing.assert_allclose(out, x * 2 + 1, rtol=1e-6)
+
+
+def test_torchscript_model_cannot_serve_as_reference(nafnet, tmp_path, capsys):
+    """The eager reference cannot transform a TorchScript module's code: verifying a TLC graph against
+    it would compare with the global model, so verify refuses in one line instead of reporting FAIL."""
+    model, _, graph = nafnet
+    scripted = tmp_path / "nafnet.pt"
+    torch.jit.save(torch.jit.trace(model, torch.rand(1, 3, 32, 32)), str(scripted))
+    code = main(["verify", str(scripted), str(graph), "--calib", "32", "--sizes", "48x40", "--no-photo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "localises 0 of the" in err[0], err

@@ -9,6 +9,7 @@ global and the local eager outputs).
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -187,6 +188,24 @@ def verify_checkpoint(model_path, onnx_path, calib: tuple[int, int] | str, *, ar
     inputs = random_inputs(channels, sizes, batch=batch)
     if photo:
         inputs.append(photo_input(channels, m))
-    local, _ = to_local(copy.deepcopy(loaded.module), calib, fast=fast)
+    local, localised = to_local(copy.deepcopy(loaded.module), calib, fast=fast)
+    _refuse_partial_reference(model, len(localised))
     return verify(local, model, inputs, global_model=loaded.module, atol=atol,
                   final_stage_last=loaded.family == "hinet", impl=impl)
+
+
+def _refuse_partial_reference(graph: onnx.ModelProto, localised: int) -> None:
+    """An eager reference that localises nothing while the graph rewrote ops (a TorchScript module, whose
+    code the reference cannot transform) is the global model: refuse rather than report a mismatch that
+    says nothing about the graph. (Counts are not compared otherwise: a module called several times is
+    one reference op but several graph ops.)"""
+    from .fileio import ONNX_REPORT_KEY
+
+    stored = next((p.value for p in graph.metadata_props if p.key == ONNX_REPORT_KEY), None)
+    if stored is None:
+        return
+    rewritten = len(json.loads(stored).get("rewritten", []))
+    if localised == 0 and rewritten:
+        raise UserError(f"the eager TLC reference localises {localised} of the {rewritten} ops the graph "
+                        f"rewrote (it cannot transform a TorchScript module's code): "
+                        f"it cannot verify this graph; verify from the model's Python code or a state dict")
