@@ -27,7 +27,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..fast_rules import FACTORS
-from .subgraphs import Builder, Window, _conditioning_shift, replicate_pad, valid_box_mean
+from .subgraphs import (Builder, Window, _conditioning_shift, normalise_from_valid_moments, replicate_pad,
+                        valid_box_mean)
 
 _BIG = np.iinfo(np.int64).max
 
@@ -136,15 +137,5 @@ def fast_local_instance_norm(b: Builder, x: gs.Tensor, window: Window, max_r: tu
     halves = b.op("Concat", [channels, channels], {"axis": 0})
     mean, second = b.op("Split", [valid, halves], {"axis": 1}, n_out=2)
     var = b.op("Sub", [second, b.op("Mul", [mean, mean])])
-    coeff = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const([eps], np.float32)])])])
-    axes = b.const([0, 2, 3])
-    if scale is not None:
-        coeff = b.op("Mul", [coeff, b.op("Unsqueeze", [scale, axes])])
-    full = upsample_and_pad(b, b.op("Concat", [mean, coeff], {"axis": 1}), grid)
-    mean, coeff = b.op("Split", [full, halves], {"axis": 1}, n_out=2)
-    shifted = b.op("Sub", [x, shift])
-    normed = b.op("Mul", [b.op("Sub", [shifted, mean]), coeff],
-                  outputs=[output] if output is not None and scale is None else None)
-    if scale is None:
-        return normed
-    return b.op("Add", [normed, b.op("Unsqueeze", [bias, axes])], outputs=[output] if output is not None else None)
+    return normalise_from_valid_moments(b, b.op("Sub", [x, shift]), mean, var, halves, eps, scale, bias,
+                                        lambda t: upsample_and_pad(b, t, grid), output)

@@ -222,11 +222,20 @@ def local_instance_norm(b: Builder, x: gs.Tensor, window: Window, eps: float,
     μ and scale/√(σ² + eps) are computed on the valid map and padded together (per-pixel functions
     commute with replicate padding), so only (x' − μ)·a + bias runs on the full map."""
     shifted, mean, var, pads, halves = _valid_moments(b, x, window)
+    return normalise_from_valid_moments(b, shifted, mean, var, halves, eps, scale, bias,
+                                        lambda t: replicate_pad(b, t, pads), output)
+
+
+def normalise_from_valid_moments(b: Builder, shifted: gs.Tensor, mean: gs.Tensor, var: gs.Tensor,
+                                 halves: gs.Tensor, eps: float, scale: gs.Tensor | None, bias: gs.Tensor | None,
+                                 to_map, output: gs.Tensor | None = None) -> gs.Tensor:
+    """(x' − μ)·a + bias with a = scale/√(σ² + eps): μ and a are formed on the small map of the moments and
+    brought to h×w together by ``to_map`` (replicate padding, or fast mode's upsampling and padding)."""
     coeff = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const([eps], np.float32)])])])
     axes = b.const([0, 2, 3])
     if scale is not None:
         coeff = b.op("Mul", [coeff, b.op("Unsqueeze", [scale, axes])])
-    both = replicate_pad(b, b.op("Concat", [mean, coeff], {"axis": 1}), pads)
+    both = to_map(b.op("Concat", [mean, coeff], {"axis": 1}))
     mean, coeff = b.op("Split", [both, halves], {"axis": 1}, n_out=2)
     normed = b.op("Mul", [b.op("Sub", [shifted, mean]), coeff],
                   outputs=[output] if output is not None and scale is None else None)
