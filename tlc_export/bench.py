@@ -106,15 +106,18 @@ def run_benchmark(contenders: dict[str, Callable[[], object]], runs: int = 5, wa
 def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: tuple[int, int], *,
                 threads: int = 2, runs: int = 5, final_stage_last: bool = False, multiple: int = 1,
                 name: str = "model", eager: bool = True, patches: bool = True, progress=None,
-                fast_onnx=None, clock: Callable[[], float] = time.perf_counter) -> BenchReport:
+                fast_onnx=None, clock: Callable[[], float] = time.perf_counter,
+                release_memory: bool = False) -> BenchReport:
     """Time every contender on ``x``; ratios are to the global ONNX graph. ``fast_onnx``: also the graph
-    converted with --fast (and, with ``eager``, the eager fast reference)."""
+    converted with --fast (and, with ``eager``, the eager fast reference). ``release_memory``: sessions
+    without a memory arena, so full-size graphs (720x1280) fit side by side in memory; every graph
+    contender pays the same per-run allocation."""
     from .reference import to_local
     from .runtime import ort_session
 
     torch.set_num_threads(threads)
-    tlc = ort_session(tlc_onnx, threads=threads)
-    glob = ort_session(global_onnx, threads=threads)
+    tlc = ort_session(tlc_onnx, threads=threads, release_memory=release_memory)
+    glob = ort_session(global_onnx, threads=threads, release_memory=release_memory)
     in_name = glob.get_inputs()[0].name
 
     def graph_run(session):
@@ -125,7 +128,7 @@ def bench_model(module: nn.Module, tlc_onnx, global_onnx, x: np.ndarray, calib: 
         "TLC graph (ONNX Runtime)": lambda: tlc.run(None, {in_name: x}),
     }
     if fast_onnx is not None:
-        fast = ort_session(fast_onnx, threads=threads)
+        fast = ort_session(fast_onnx, threads=threads, release_memory=release_memory)
         contenders["fast TLC graph (ONNX Runtime)"] = lambda: fast.run(None, {in_name: x})
     if eager:
         local, _ = to_local(copy.deepcopy(module), calib)
