@@ -40,9 +40,26 @@ def load_program(path: Path, trust_pickle: bool) -> torch.export.ExportedProgram
     guard = contextlib.nullcontext() if trust_pickle else _weights_only_loads()
     try:
         with guard:
-            return torch.export.load(str(path))
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise UserError(f"cannot read {path} as a torch.export archive ({_first_line(exc)})") from None
+    _drop_expression_ranges(program)
+    return program
+
+
+def _drop_expression_ranges(program: torch.export.ExportedProgram) -> None:
+    """torch.export.load copies range constraints keyed by expressions (``4*s2``, from a dimension
+    declared as ``4 * Dim("hb")``) into the shape environment's ``var_to_range``, which must hold symbols
+    only: decomposing the program (the first step of the ONNX export) then fails with "expected
+    sympy.Symbol". Each such range is implied by its symbol's own range (``s2``), which stays."""
+    import sympy
+    from torch._export.utils import _get_shape_env_from_gm
+
+    shape_env = _get_shape_env_from_gm(program.graph_module)
+    if shape_env is None:
+        return
+    for key in [k for k in shape_env.var_to_range if not isinstance(k, sympy.Symbol)]:
+        del shape_env.var_to_range[key]
 
 
 def input_dims(program: torch.export.ExportedProgram) -> list[int | str] | None:
