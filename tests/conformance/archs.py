@@ -144,7 +144,9 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          dict(dim=16, n_blocks=2, upscaling_factor=2, kernel_size=7, norm_groups=4), 1,
          global_classes=("GroupNorm",)),
     Arch("RetinexFormer", "spandrel", "RetinexFormer", "retinexformer_arch", "RetinexFormer",
-         dict(n_feat=16, stage=1, num_blocks=[1, 1, 1]), 4, global_classes=("IG_MSA",)),
+         dict(n_feat=16, stage=1, num_blocks=[1, 1, 1]), 4, global_classes=("IG_MSA",),
+         kept=(("IG_MSA", "transposed attention on channels-last Linear q/k/v (k·qᵀ over H·W), which the "
+                          "attention kind does not localise"),)),
     Arch("M3SNet", "spandrel_extra_arches", "M3SNet", "M3SNet", "M3SNet",
          dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]), 16,
          sizes=((96, 80), (128, 48)), global_classes=(POOL, "Attention")),

@@ -30,6 +30,8 @@ def cell_text(cell: Cell) -> str:
     secs = f" ({cell.seconds:.1f} s)" if cell.seconds is not None else ""
     if cell.status == "exact":
         return f"exact {err:.0e}{secs}"
+    if cell.status == "kept-global" and err is None:
+        return f"{cell.what}{secs}"
     if cell.status == "kept-global":
         return f"exact {err:.0e}, {cell.kept} kept global: {cell.what}{secs}"
     if cell.status == "no-global-op":

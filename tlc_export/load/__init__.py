@@ -23,7 +23,7 @@ from .archives import is_pt2, is_torchscript, refuse_unsafe, torchscript_risky_c
 from .checkpoint import (WRAPPER_KEYS, detect, from_arch, preset_signature, rank_presets, read_tensors,
                          unwrap_state_dict)
 from .onnx_file import load_onnx
-from .program import load_program
+from .program import input_multiple as program_input_multiple, load_program
 
 
 @dataclass
@@ -64,7 +64,8 @@ def _load_torchscript(path: Path, trust_pickle: bool) -> LoadedModel:
 def _load_pt2(path: Path, trust_pickle: bool) -> LoadedModel:
     program = load_program(path, trust_pickle)
     # An exported program's module is already in inference form (it refuses .eval()).
-    return LoadedModel(path, "torch.export", module=program.module(), program=program)
+    return LoadedModel(path, "torch.export", module=program.module(), program=program,
+                       multiple=program_input_multiple(program))
 
 
 def _load_checkpoint(path: Path, arch, arch_kwargs, trust_pickle: bool) -> LoadedModel:

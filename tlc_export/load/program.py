@@ -70,3 +70,24 @@ def input_dims(program: torch.export.ExportedProgram) -> list[int | str] | None:
     if shape is None:
         return None
     return [d if isinstance(d, int) else str(d) for d in shape]
+
+
+def input_multiple(program: torch.export.ExportedProgram) -> int:
+    """H and W multiple that the program's dynamic dimensions declare (``8*s2`` from ``8 * Dim("hb")``:
+    8); 1 for plain dimensions. Other sizes fail the program's guards."""
+    import math
+
+    import sympy
+
+    dims = input_dims(program)
+    multiple = 1
+    for d in (dims or [])[2:4]:
+        if not isinstance(d, str):
+            continue
+        try:
+            coeff, _ = sympy.sympify(d).as_coeff_Mul()
+        except (sympy.SympifyError, TypeError, ValueError):
+            continue
+        if coeff.is_Integer and int(coeff) > 1:
+            multiple = math.lcm(multiple, int(coeff))
+    return multiple

@@ -10,13 +10,14 @@
 ``rewrite.patterns.scan_graph`` walks the graph once and asks each kind of ``KINDS`` in order; the
 nodes nobody claimed are then offered to ``DETECTORS`` (kept-global only: their anchors come before
 the anchor of a kind that would claim them, e.g. the q·kᵀ MatMul before the attention's Softmax).
+``plane_aggregation`` finds what the structural patterns miss from symbolic shapes (any layout).
 """
 from __future__ import annotations
 
-from . import attention, avgpool, globalmax, groupnorm, instancenorm, unlocalised
+from . import attention, avgpool, globalmax, groupnorm, instancenorm, plane_aggregation, unlocalised
 
 KINDS = (avgpool, instancenorm, groupnorm, attention, globalmax)
-DETECTORS = (unlocalised,)
+DETECTORS = (plane_aggregation, unlocalised)
 BY_NAME = {kind.KIND: kind for kind in KINDS}
 
 __all__ = ["BY_NAME", "DETECTORS", "KINDS"]
