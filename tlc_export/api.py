@@ -116,14 +116,14 @@ def stderr_progress(message: str) -> None:
     print(f"tlc-export: {message}", file=sys.stderr, flush=True)
 
 
-def _check_multiple(loaded: LoadedModel, size: tuple[int, int], what: str) -> None:
+def check_multiple(loaded: LoadedModel, size: tuple[int, int], what: str) -> None:
     m = loaded.input_multiple
     if m > 1 and (size[0] % m or size[1] % m):
         raise UserError(f"{loaded.preset or loaded.family} needs H and W to be multiples of {m}; "
                         f"{what} {size[0]}x{size[1]} is not (e.g. use {size[0] // m * m or m}x{size[1] // m * m or m})")
 
 
-def _input_channels(loaded: LoadedModel, size: tuple[int, int]) -> int:
+def input_channels_of(loaded: LoadedModel, size: tuple[int, int]) -> int:
     from . import zoo
 
     if loaded.family is not None:
@@ -148,7 +148,7 @@ def _io_table(values) -> list[dict]:
     return rows
 
 
-def _known_module_path(path: str, known: set[str]) -> str:
+def known_module_path(path: str, known: set[str]) -> str:
     """Map an exporter scope path onto a real module path: a module called several times is scoped
     ``name_1``, ``name_2``…; drop such suffixes where that gives a known path."""
     if not known or path in known:
@@ -158,7 +158,7 @@ def _known_module_path(path: str, known: set[str]) -> str:
         trimmed = re.sub(r"_\d+$", "", parts[i])
         if trimmed != parts[i]:
             candidate = ".".join(parts[:i] + [trimmed] + parts[i + 1:])
-            resolved = _known_module_path(candidate, known)
+            resolved = known_module_path(candidate, known)
             if resolved in known:
                 return resolved
     return path
@@ -205,7 +205,7 @@ def rewrite_stage(model: onnx.ModelProto, calib: tuple[int, int], input_shape=No
             return "" if path == module_prefix.rstrip(".") else path.removeprefix(module_prefix)
 
         def known(path: str) -> str:
-            return _known_module_path(unprefixed(path), known_paths)
+            return known_module_path(unprefixed(path), known_paths)
 
         records = [replace(r, module_path=known(r.module_path)) for r in records]
         kept = [KeptRecord(k.onnx_name, known(k.module_path), k.kind, k.reason) for k in kept]
@@ -361,7 +361,7 @@ def convert(model, calib: tuple[int, int] | str, *, arch: str | None = None,
 
     loaded = _load_for_conversion(model, source, in_memory, arch, arch_kwargs, trust_pickle, progress)
     calib = resolve_calib(calib, loaded)
-    exported = _export_stage(loaded, calib, input_shape, opset, static and not tlc, exporter, progress)
+    exported = export_stage(loaded, calib, input_shape, opset, static and not tlc, exporter, progress)
     notes = list(loaded.notes) + exported.notes
     stage = RewriteStage(exported.model, [], [])
     if tlc:
@@ -442,7 +442,7 @@ class ExportStage:
     prefix: str = ""                                    # exporter scope prefix of module paths
 
 
-def _export_stage(loaded: LoadedModel, calib, input_shape, opset: int, static: bool, exporter: str,
+def export_stage(loaded: LoadedModel, calib, input_shape, opset: int, static: bool, exporter: str,
                   progress) -> ExportStage:
     """The global ONNX graph of ``loaded`` (an .onnx input as it is). ``static`` bakes the export shape;
     a static TLC graph is exported and calibrated dynamic and its shape baked in after the rewrite, so
@@ -453,10 +453,10 @@ def _export_stage(loaded: LoadedModel, calib, input_shape, opset: int, static: b
     from .trace import list_global_ops
 
     exporter, notes = _program_exporter(loaded, exporter)   # before running the model
-    _check_multiple(loaded, calib, "--calib")
+    check_multiple(loaded, calib, "--calib")
     guards.check_run_size(None, (1, 1, *calib), f"--calib {calib[0]}x{calib[1]}")
-    shape = input_shape or (1, _input_channels(loaded, calib), calib[0], calib[1])
-    _check_multiple(loaded, shape[2:], "--input-shape")
+    shape = input_shape or (1, input_channels_of(loaded, calib), calib[0], calib[1])
+    check_multiple(loaded, shape[2:], "--input-shape")
     _check_sizes(loaded, shape, calib, input_shape is not None)
     traced = [asdict(t) for t in list_global_ops(loaded.module)]
     _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))} with the {exporter} exporter "

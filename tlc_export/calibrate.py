@@ -177,4 +177,8 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # ranks then come from the exporter's value_info alone
         pass
-    return gs.import_onnx(model)
+    from .rewrite.simplify import bypass_identity_gathers
+
+    graph = gs.import_onnx(model)
+    bypass_identity_gathers(graph)
+    return graph

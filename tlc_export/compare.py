@@ -92,17 +92,17 @@ def eager_run(module, multiple: int, hinet: bool) -> Run:
 
 def eager_pair(loaded, calib: tuple[int, int], multiple: int | None = None) -> tuple[Run, Run, int, int]:
     """(global run, TLC run, input channels, ops made local) for a loaded PyTorch model."""
-    from .api import _check_multiple, _input_channels
+    from .api import check_multiple, input_channels_of
     from .reference import to_local
 
-    _check_multiple(loaded, calib, "--calib")
+    check_multiple(loaded, calib, "--calib")
     if multiple is not None and multiple < 1:
         raise UserError(f"--multiple {multiple} must be a positive integer")
     local, records = to_local(copy.deepcopy(loaded.module), calib)
     if not records:
         raise UserError(f"no global op in {loaded.path}: TLC changes nothing on this model")
     m, hinet = multiple or loaded.input_multiple, loaded.family == "hinet"
-    channels = _input_channels(loaded, calib)
+    channels = input_channels_of(loaded, calib)
     return eager_run(loaded.module, m, hinet), eager_run(local, m, hinet), channels, len(records)
 
 

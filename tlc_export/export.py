@@ -100,7 +100,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], opset:
     if exporter not in EXPORTERS:
         raise UserError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     if program is not None:
-        return export_program(program, opset)
+        try:
+            return export_program(program, opset)
+        except UserError as direct:
+            return _reexport_program(program, input_shape, opset, direct)
     reverse = family in _FINAL_STAGE_LAST
     # A TorchScript module cannot be called from inside another module's trace: export it as it is.
     wrapped = model if isinstance(model, torch.jit.ScriptModule) else FinalOutputFirst(model, reverse)
@@ -146,6 +149,27 @@ def _export_dynamo(wrapped, example, opset: int, dynamic: bool, n_out: int) -> o
             raise UserError(f"torch.export cannot export the model with dynamic batch/height/width "
                             f"({first_line(exc)}); try --exporter torchscript") from None
     return export_program(program, opset, n_out)
+
+
+def _reexport_program(program, input_shape, opset: int, direct: UserError) -> onnx.ModelProto:
+    """A deserialised program keeps no size hints, so a guard that needs one (MPRNet's ``int(H / 2)``)
+    cannot be decided while the ONNX exporter decomposes it. Its module is exported again through
+    torch.export with the same dimensions dynamic (symbolic, not baked at the calibration size)."""
+    from .load.program import input_dims
+
+    dims = input_dims(program) or []
+    dynamic = {i: torch.export.Dim.DYNAMIC for i, d in enumerate(dims) if isinstance(d, str)}
+    example = torch.rand(*input_shape, generator=torch.Generator().manual_seed(0))
+    if 0 in dynamic and example.shape[0] == 1:
+        example = example.expand(2, *example.shape[1:]).contiguous()   # size-1 dims would specialise
+    module = program.module()
+    with _quiet():
+        try:
+            n_out = _run_once(module, example, tuple(example.shape))
+            again = torch.export.export(module, (example,), dynamic_shapes=(dynamic or None,), strict=False)
+        except Exception as exc:
+            raise UserError(f"{direct}; exporting its module again fails too ({first_line(exc)})") from None
+    return export_program(again, opset, n_out)
 
 
 def export_program(program, opset: int, n_out: int | None = None) -> onnx.ModelProto:

@@ -115,6 +115,12 @@ def export_faithfully(loaded, shape, opset: int, static: bool, exporter: str, sa
     check = compare_at(graph, _eager(loaded), (shape[0], shape[1], *size))
     if check.ok:
         return graph, exporter, []
+    if check.error.startswith("the model itself fails"):
+        h, w = size
+        raise UserError(f"the model does not run at {h}x{w}, only at sizes like its export size "
+                        f"({check.error.split(': ', 1)[1]}): it was exported or scripted with sizes baked in; "
+                        f"convert it with --static --input-shape at the size it runs at, or export it again "
+                        f"with dynamic sizes")
     first = f"the {exporter}-exported graph {check.describe()}"
     if exporter == "torchscript" and not isinstance(loaded.module, torch.jit.ScriptModule):
         say(f"{first}; exporting with dynamo instead")

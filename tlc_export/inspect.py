@@ -21,14 +21,15 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from .api import (_check_multiple, _input_channels, _known_module_path, module_as_loaded, parse_calib,
-                  parse_size, resolve_calib)
+from .api import (DEFAULT_EXPORTER, DEFAULT_OPSET, check_multiple, export_stage, known_module_path, module_as_loaded, parse_calib, parse_size,
+                  resolve_calib)
+
 from .calibrate import calibrate_windows, calibration_shape, import_graph
 from .fast_rules import max_factor, subsampling_factor
 from .load import LoadedModel, load_model
 from .macs import GraphMacs, graph_macs, per_pixel_macs, run_time_shapes
 from .rewrite import scan_graph
-from .rewrite.kinds.avgpool import _pool_after
+from .rewrite.kinds.avgpool import pool_after
 from .rewrite.ops import GlobalOp, KeptGlobal
 from .rewrite.pointwise import pointwise_chain
 from .rewrite.scopes import module_scopes
@@ -96,20 +97,12 @@ def _load(model, arch, arch_kwargs, trust_pickle) -> LoadedModel:
 
 
 def _graph(loaded: LoadedModel, export_size: tuple[int, int], progress):
-    """(ONNX model, export shape, module-path prefix, known module paths): convert's export stage."""
+    """(ONNX model, export shape, module-path prefix, known module paths): convert's own export stage
+    (the same exporter choice, second-size check and .pt2 handling)."""
     if loaded.module is None:
         return loaded.onnx_model, None, "", set()
-    from .export import export_onnx
-    from .progress import ticking
-    from .trace import list_global_ops
-
-    _check_multiple(loaded, export_size, "--calib")
-    shape = (1, _input_channels(loaded, export_size), *export_size)
-    known = {t.path for t in list_global_ops(loaded.module)}
-    _say(progress, f"exporting ONNX at {'x'.join(map(str, shape))}")
-    with ticking("exporting ONNX"):
-        model = export_onnx(loaded.module, shape, family=loaded.family)
-    return model, shape, "model.", known
+    stage = export_stage(loaded, export_size, None, DEFAULT_OPSET, False, DEFAULT_EXPORTER, progress)
+    return stage.model, stage.shape, stage.prefix, {t["path"] for t in stage.traced}
 
 
 def _say(progress, message):
@@ -121,7 +114,7 @@ def _module_path(op: GlobalOp, prefix: str, known: set[str]) -> str:
     """The report's module path (as ``localize_graph`` writes it)."""
     path = op.module_path
     path = "" if path == prefix.rstrip(".") else path.removeprefix(prefix)
-    return _known_module_path(path, known) if prefix else path
+    return known_module_path(path, known) if prefix else path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,7 +135,7 @@ def mlp_after_pool(graph: gs.Graph, op: GlobalOp) -> list[tuple[gs.Node, bool]]:
         return [(n, True) for n in nodes if n.op in ("Conv", "Gemm", "MatMul") and per_pixel_macs(n)]
     chain = pointwise_chain(op.output, {t.name for t in graph.outputs})
     convs = [n for n in chain if n.op == "Conv"]
-    full = bool(chain) and _pool_after(chain[0])
+    full = bool(chain) and pool_after(chain[0])
     return [(n, full and n is chain[0]) for n in convs]
 
 
@@ -306,7 +299,7 @@ def inspect_model(model, calib=None, *, size: tuple[int, int] | str = DEFAULT_SI
     loaded = _load(model, arch, arch_kwargs, trust_pickle)
     calib, calib_note = _calib_choice(calib, loaded)
     if loaded.module is not None:
-        _check_multiple(loaded, size, "--size")
+        check_multiple(loaded, size, "--size")
     from .zoo.crops import training_crop
 
     crop = training_crop(loaded.preset)

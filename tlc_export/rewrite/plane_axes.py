@@ -51,12 +51,12 @@ def _infer(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
 
 def plane_axes(graph: gs.Graph) -> dict[str, frozenset[int]]:
     """Tensor name → the axes that are a flattened plane (computed once per graph)."""
-    cached = getattr(graph, _CACHE_ATTR, None)
+    cached = graph.__dict__.get(_CACHE_ATTR)   # not getattr: gs.Graph resolves unknown names as ONNX functions
     if cached is None:
         model = gs.export_onnx(graph.copy(), do_type_check=False)
         del model.graph.value_info[:]   # inference starts from the input's symbols, not the exporter's guesses
         cached = _infer(model)
-        setattr(graph, _CACHE_ATTR, cached)
+        graph.__dict__[_CACHE_ATTR] = cached
     return cached
 
 

@@ -154,7 +154,7 @@ def localize(b: subgraphs.Builder, op: GlobalOp, window, options: RewriteOptions
 
     When the MLP opens with a channel-reducing 1×1 conv, the mean moves after that conv too: the conv is
     affine and the window weights sum to one, so mean(W·x + b) = W·mean(x) + b, and the box filter, a
-    dozen memory-bound passes per channel, then runs on c/r channels instead of c (see ``_pool_after``).
+    dozen memory-bound passes per channel, then runs on c/r channels instead of c (see ``pool_after``).
 
     Fast mode (``options.fast_cap``): the map is subsampled first, so a moved conv runs on the samples
     only, and nearest upsampling joins the replicate Pad after the chain (both commute with per-pixel
@@ -173,7 +173,7 @@ def localize(b: subgraphs.Builder, op: GlobalOp, window, options: RewriteOptions
     source, pooled = op.source, op.output
     if max_r is not None:
         source, grid = fast.subsample(b, source, window, max_r)
-    if chain and _pool_after(chain[0]):
+    if chain and pool_after(chain[0]):
         reducer = chain.pop(0)
         reducer.inputs[0] = source
         pooled = reducer.outputs[0]
@@ -214,7 +214,7 @@ def _exact_valid_mean(b: subgraphs.Builder, source: gs.Tensor, window):
 _GEMM_TO_BOXFILTER_COST = 0.01
 
 
-def _pool_after(node: gs.Node) -> bool:
+def pool_after(node: gs.Node) -> bool:
     """Whether the local mean should move past ``node``: a channel-reducing, ungrouped 1×1 Conv."""
     weight = constant_value(node.inputs[1]) if node.op == "Conv" and len(node.inputs) > 1 else None
     if weight is None or weight.ndim != 4 or int(node.attrs.get("group", 1)) != 1:
