@@ -15,23 +15,10 @@ import onnx_graphsurgeon as gs
 
 from .errors import UserError
 from .rewrite.graphutil import constant_value
+from .shapes import graph_input, input_dims, run_for_values, static_shapes, with_static_input  # noqa: F401
 from .rewrite.ops import GlobalOp
 
 Window = tuple[int, int]
-
-
-def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The image input: the first graph input that is not an initializer."""
-    inits = {i.name for i in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name not in inits:
-            return inp
-    raise UserError("the ONNX graph has no input")
-
-
-def input_dims(model: onnx.ModelProto) -> list[int | str | None]:
-    dims = graph_input(model).type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
 
 
 def calibration_shape(model: onnx.ModelProto, calib: tuple[int, int],
@@ -49,90 +36,21 @@ def calibration_shape(model: onnx.ModelProto, calib: tuple[int, int],
     return batch, channels, calib[0], calib[1]
 
 
-def _with_static_input(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
-    fixed = copy.deepcopy(model)
-    dims = graph_input(fixed).type.tensor_type.shape.dim
-    for d, v in zip(dims, shape):
-        d.Clear()
-        d.dim_value = int(v)
-    # Stale intermediate shapes from the exporter would fight the new input size.
-    del fixed.graph.value_info[:]
-    return fixed
-
-
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # inference gives up on some graphs; ONNX Runtime settles those below
-        return {}
-    return _shapes_of(inferred)
-
-
-def _shapes_of(inferred: onnx.ModelProto) -> dict[str, list[int | None]]:
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return shapes
-
-
-def static_shapes(model: onnx.ModelProto, shape: tuple[int, ...], thorough: bool = False) -> dict[str, list[int | None]]:
-    """Inferred shape of every tensor of ``model`` when its input is fixed to ``shape`` (the input too).
-    ``thorough``: ONNX Runtime's symbolic shape inference, which follows shape arithmetic (a pad to a
-    multiple of 16 computed from the input size) where ONNX's stops; where it refuses the graph (a
-    Reshape to a computed shape), ONNX's inference after folding the now-constant shape arithmetic."""
-    fixed = _with_static_input(model, shape)
-    known = (_symbolic_shapes(fixed) or _inferred_shapes(_folded(fixed))) if thorough else _inferred_shapes(fixed)
-    known[graph_input(fixed).name] = list(shape)
-    return known
-
-
-def _folded(model: onnx.ModelProto) -> onnx.ModelProto:
-    from polygraphy.backend.onnx import fold_constants
-    from polygraphy.logger import G_LOGGER
-
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        return fold_constants(model, num_passes=None)
-
-
-def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # it refuses some graphs; ONNX's inference is the fallback
-        return None
-    return _shapes_of(inferred)
-
-
 def _run_for_values(model: onnx.ModelProto, names: list[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Run ``model`` once on a random input of ``shape`` and return the named intermediate tensors."""
-    import onnxruntime as ort
-
-    probe = copy.deepcopy(model)
-    del probe.graph.output[:]
-    for name in names:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        image = np.random.default_rng(0).random(shape, dtype=np.float32)
-        values = session.run(names, {graph_input(model).name: image})
-    except Exception as exc:
+        return run_for_values(model, names, shape)
+    except Exception as exc:  # ONNX Runtime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the graph cannot run at the calibration size {shape[2]}x{shape[3]} "
                         f"({first[:300]}); choose a --calib the model accepts") from None
-    return dict(zip(names, values))
 
 
 def calibrate_windows(model: onnx.ModelProto, ops: list[GlobalOp], calib: tuple[int, int],
                       input_shape: tuple[int, ...] | None = None) -> dict[str, Window]:
     """``{op.name: (kh, kw)}`` for every global op, from the graph at the calibration size."""
     shape = calibration_shape(model, calib, input_shape)
-    fixed = _with_static_input(model, shape)
+    fixed = with_static_input(model, shape)
     known = static_shapes(model, shape)
 
     def spatial(name):

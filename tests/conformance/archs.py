@@ -84,7 +84,8 @@ class Arch:
     sizes: tuple = ((96, 80), (128, 40))   # all-windows-smaller, mixed
     # class names whose modules hold one global op each (the true count walks the module tree)
     global_classes: tuple = ()
-    # (class name, reason): global ops inside such modules are expected to stay global
+    # (class name, reason): global ops inside such modules are expected to stay global; a name ending
+    # in "!" means the module's own op only, not the global ops of its children
     kept: tuple = ()
     note: str = ""
     patch: Callable[[nn.Module], None] | None = None
@@ -128,12 +129,18 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("DAT", "spandrel", "DAT", "DAT", "DAT",
          dict(img_size=64, embed_dim=16, depth=[2], num_heads=[2], split_size=[2, 4], expansion_factor=2.0,
               upscale=2), 8, global_classes=(POOL, "Adaptive_Channel_Attention"),
-         kept=(("Adaptive_Spatial_Attention", "pooled (B, C, 1, 1) vector viewed as one (B, 1, C) token"),)),
+         kept=(("Adaptive_Spatial_Attention", "pooled (B, C, 1, 1) vector viewed as one (B, 1, C) token"),
+               ("Adaptive_Channel_Attention!", "transposed attention over channels-last (B, N, C) tokens, which "
+                                               "the attention kind does not localise (its pool is localised)"))),
     Arch("SAFMN", "spandrel", "SAFMN", "safmn", "SAFMN", dict(dim=8, n_blocks=1, upscaling_factor=2), 8,
          global_classes=(POOL,)),
     Arch("OmniSR", "spandrel", "OmniSR", "OmniSR", "OmniSR",
          dict(num_feat=16, block_num=1, window_size=8, res_num=1, up_scale=2), 8,
-         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation")),
+         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation"),
+         kept=(("Channel_Attention_grid", "attention over the dilated pixel grid (an H·W contraction in a layout "
+                                          "the attention kind does not localise)"),
+               ("SqueezeExcitation", "pooled vector rearranged to (N, C) and fed to Linear layers")),
+         note="every global op kept global: the converter refuses it by name"),
     Arch("SeemoRe", "spandrel", "SeemoRe", "seemore_arch", "SeemoRe",
          dict(scale=2, num_experts=2, num_layers=1, embedding_dim=16, recursive=1, topk=1), 4,
          global_classes=(POOL,),
@@ -199,8 +206,9 @@ def true_counts(arch: Arch, model: nn.Module, size=(64, 64)) -> tuple[int, int, 
     handles = []
     for path, m in model.named_modules():
         if _is_global_module(m, arch.global_classes):
-            inside_kept = any(type(p).__name__ in kept_names or part in kept_names
-                              for part, p in _ancestors(model, path))
+            chain = list(_ancestors(model, path))
+            inside_kept = any(type(p).__name__ in kept_names or part in kept_names for part, p in chain) \
+                or bool(chain and {type(chain[-1][1]).__name__ + "!", chain[-1][0] + "!"} & kept_names)
 
             def hook(mod, inp, out, kept=inside_kept):
                 calls.append(kept)

@@ -215,8 +215,10 @@ class TLCReference:
         size = tuple(size or x.shape[-2:])
         if self._calibrating:
             site = self._stack[-1][0] if self._stack else ""
+            top = self._stack[-1] if self._stack else ("", "")
             reason = next((r for name, r in self.kept.items()
-                           if any(name == cls or name in path.split(".") for path, cls in self._stack)), None)
+                           if any(name == cls or name in path.split(".") for path, cls in self._stack)
+                           or name in (top[1] + "!", top[0].rsplit(".", 1)[-1] + "!")), None)
             if local_fn is None and reason is None:
                 reason = f"{kind} not localisable as a drop-in"
             self.ops.append(Op(kind, size, site, reason))

@@ -28,19 +28,58 @@ def _plane_dim(dim: onnx.TensorShapeProto.Dimension, batch: str | None) -> bool:
     return len({str(s) for s in symbols} - {batch}) >= 2
 
 
+_CANDIDATE_OPS = {"MatMul", "Einsum", "Softmax", "LogSoftmax", "LpNormalization", "ReduceMean", "ReduceSum",
+                  "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp",
+                  "ReduceProd", "ArgMax", "ArgMin"}
+# Probe sizes for graphs symbolic inference refuses: multiples of every usual input multiple (≤ 64).
+_PROBES = ((64, 64), (128, 64), (64, 128))
+
+
+def _probed(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
+    """Plane axes from static shapes at three input sizes: an axis whose size changes with H and with W."""
+    from ..shapes import input_dims, run_for_values
+
+    dims = input_dims(model)
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
+    channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
+    # Only the inputs of ops that could aggregate over a plane: few tensors, run at small sizes.
+    names = sorted({i for n in model.graph.node if n.op_type in _CANDIDATE_OPS for i in n.input[:2] if i}
+                   - {init.name for init in model.graph.initializer})
+    try:
+        base, taller, wider = ({k: list(v.shape) for k, v in run_for_values(model, names, (batch, channels, h, w)).items()}
+                               for h, w in _PROBES)
+    except Exception:  # noqa: BLE001 - the graph refuses the probe sizes: structural patterns only
+        return {}
+    found = {}
+    for name, shape in base.items():
+        t, w = taller.get(name), wider.get(name)
+        if t is None or w is None or len(t) != len(shape) or len(w) != len(shape):
+            continue
+        axes = frozenset(i for i, (a, b, c) in enumerate(zip(shape, t, w))
+                         if None not in (a, b, c) and a != b and a != c)
+        if axes:
+            found[name] = axes
+    return found
+
+
 def _infer(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
+    """Plane axes from symbolic shapes (height and width as symbols), else from probe sizes."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     if len(dims) != 4 or not (dims[2].dim_param and dims[3].dim_param):
         return {}      # a static graph: no symbol to follow
+    # Plain symbols for the inference (the dynamo exporter writes "4*hb" for a multiple of 4).
+    dims[2].dim_param, dims[3].dim_param = "tlc_height", "tlc_width"
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
     batch = dims[0].dim_param or None
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # noqa: BLE001 - an op the inference does not know: fall back to the structural patterns
-        return {}
+    except Exception:  # noqa: BLE001 - an op or layout the inference does not follow: probe sizes instead
+        inferred = None
     if inferred is None:
-        return {}
+        return _probed(model)
     found = {}
     for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         axes = frozenset(i for i, d in enumerate(value.type.tensor_type.shape.dim) if _plane_dim(d, batch))
