@@ -72,14 +72,27 @@ def _folded(model: onnx.ModelProto) -> onnx.ModelProto:
         return fold_constants(model, num_passes=None)
 
 
-def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
+def symbolic_inference(model: onnx.ModelProto, **options) -> onnx.ModelProto | None:
+    """ONNX Runtime's symbolic shape inference, quiet (it logs a warning per undecidable comparison),
+    or None where it refuses the graph."""
+    import logging
+
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # it refuses some graphs; ONNX's inference is the fallback
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, **options)
+    except Exception:  # noqa: BLE001 - it refuses some graphs; callers have a fallback
         return None
-    return _shapes_of(inferred)
+    finally:
+        log.setLevel(level)
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
+    inferred = symbolic_inference(model)
+    return None if inferred is None else _shapes_of(inferred)
 
 
 def run_for_values(model: onnx.ModelProto, names: list[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:

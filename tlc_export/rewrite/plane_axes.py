@@ -64,7 +64,7 @@ def _probed(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
 
 def _infer(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
     """Plane axes from symbolic shapes (height and width as symbols), else from probe sizes."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from ..shapes import symbolic_inference
 
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     if len(dims) != 4 or not (dims[2].dim_param and dims[3].dim_param):
@@ -74,11 +74,8 @@ def _infer(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
     batch = dims[0].dim_param or None
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # noqa: BLE001 - an op or layout the inference does not follow: probe sizes instead
-        inferred = None
-    if inferred is None:
+    inferred = symbolic_inference(model, guess_output_rank=True)
+    if inferred is None:       # an op or layout the inference does not follow: probe sizes instead
         return _probed(model)
     found = {}
     for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
