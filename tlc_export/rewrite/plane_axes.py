@@ -97,6 +97,11 @@ def plane_axes(graph: gs.Graph) -> dict[str, frozenset[int]]:
 
 
 def on_plane_axis(graph: gs.Graph, tensor: gs.Tensor, axis: int, rank: int | None) -> bool:
+    """Whether ``axis`` of ``tensor`` is a flattened plane. An axis of static size is none (the plane
+    scales with the input): the common case, answered without the graph-wide inference."""
+    shape = getattr(tensor, "shape", None)
+    if shape is not None and rank and isinstance(shape[axis % rank], int) and shape[axis % rank] >= 0:
+        return False
     axes = plane_axes(graph).get(tensor.name)
     if not axes or rank is None:
         return False
