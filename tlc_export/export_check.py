@@ -7,6 +7,7 @@ size (another aspect ratio, same input multiple).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,11 +40,22 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, (value + multiple - 1) // multiple * multiple)
 
 
+def _implied_multiple(h: int, w: int, cap: int = 16) -> int:
+    """The power of two (≤ ``cap``) dividing both export sides: a TorchScript module or a bare module
+    does not say which sizes it accepts, but it ran at the export size (Restormer needs multiples of 8;
+    a size it cannot take would be blamed on the export)."""
+    m = 1
+    while m < cap and h % (2 * m) == 0 and w % (2 * m) == 0:
+        m *= 2
+    return m
+
+
 def second_size(export_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
     """A size unlike the export size: another aspect ratio, smaller for large exports (cheap), larger
-    for small ones; both sides different from the export's and multiples of ``multiple``."""
+    for small ones; both sides different from the export's and multiples of ``multiple`` (and of the
+    power of two the export size implies)."""
     h, w = export_hw
-    m = max(1, multiple, 4)
+    m = math.lcm(max(1, multiple), 4, _implied_multiple(h, w))
     scale = (3, 4, 5, 8) if h * w >= 128 * 128 else (3, 2, 5, 4)
     h2, w2 = _round_to(h * scale[0] // scale[1] + 1, m), _round_to(w * scale[2] // scale[3] + 1, m)
     h2 = h2 if h2 != h else h2 + m
