@@ -173,6 +173,37 @@ def _from_preset(loaded, state, preset: str, twins: list[str]):
     return loaded
 
 
+# spandrel architectures the zoo implements with the official keys. The zoo's modules export faithfully:
+# spandrel's MPRNet computes int(H / 2) in Python, which both exporters bake as a constant.
+_ZOO_FAMILY_OF = {"MPRNet": "mprnet", "Restormer": "restormer", "NAFNet": "nafnet"}
+
+
+def _as_zoo_family(loaded, state: dict[str, torch.Tensor], arch_id: str, spandrel_model) -> bool:
+    """Build the zoo family with spandrel's hyper-parameters when the state dict loads strictly and the
+    two modules agree on a probe input; False (spandrel's module is used) otherwise."""
+    family = _ZOO_FAMILY_OF.get(arch_id)
+    kwargs = dict(getattr(spandrel_model, "hyperparameters", None) or {})
+    if family is None or not kwargs:
+        return False
+    try:
+        model = zoo.build(family, **kwargs).eval()
+        model.load_state_dict(spandrel_model.state_dict(), strict=True)
+        probe = torch.rand(1, int(kwargs.get("in_c", kwargs.get("inp_channels", kwargs.get("img_channel", 3)))),
+                           32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours, theirs = model(probe), spandrel_model.eval()(probe)
+        ours = ours[0] if isinstance(ours, (list, tuple)) else ours
+        theirs = theirs[0] if isinstance(theirs, (list, tuple)) else theirs
+        if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > 1e-5:
+            return False
+    except Exception:  # noqa: BLE001 - any mismatch: spandrel's own module
+        return False
+    loaded.module, loaded.family, loaded.arch_kwargs = model, family, kwargs
+    loaded.architecture, loaded.loader = f"spandrel:{arch_id}", "spandrel"   # detected by spandrel
+    loaded.channels = int(probe.shape[1])
+    return True
+
+
 def _from_spandrel(loaded, state: dict[str, torch.Tensor]) -> bool:
     """Load through spandrel's detection; False when spandrel is missing or detects nothing."""
     found = spandrel_registry()
@@ -189,6 +220,10 @@ def _from_spandrel(loaded, state: dict[str, torch.Tensor]) -> bool:
     except Exception as exc:
         raise UserError(f"spandrel detects {arch.architecture.name} but cannot load the checkpoint "
                         f"({first_line(exc)})") from None
+    if _as_zoo_family(loaded, state, arch.architecture.id, descriptor.model):
+        loaded.notes.append(f"architecture {arch.architecture.name} detected by spandrel ({found.versions}); "
+                            f"built as the zoo's {loaded.family} with its hyper-parameters")
+        return True
     loaded.module = descriptor.model
     loaded.architecture, loaded.loader = f"spandrel:{arch.architecture.id}", "spandrel"
     loaded.multiple = int(descriptor.size_requirements.multiple_of)
