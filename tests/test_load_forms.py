@@ -269,3 +269,19 @@ def test_model_the_torchscript_exporter_cannot_translate_goes_through_dynamo(tmp
     with torch.no_grad():
         want = local(x).numpy()
     assert np.abs(_run(result.onnx_path, x) - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("rgb_range", [1, 255])
+def test_spandrel_rcan_rgb_range_is_read_from_the_checkpoint(spandrel_or_skip, tmp_path, rgb_range):
+    """spandrel builds RCAN with rgb_range 255; the stored sub_mean bias (−rgb_range·mean) says otherwise."""
+    from tlc_export.load import load_model
+
+    torch.manual_seed(3)
+    net = _spandrel_class("RCAN").RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4,
+                                       rgb_range=rgb_range).eval()
+    torch.save(net.state_dict(), tmp_path / "rcan.pth")
+    loaded = load_model(tmp_path / "rcan.pth")
+    x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(x.clone()), net(x.clone()), atol=1e-5)
+    assert loaded.module.rgb_range == rgb_range

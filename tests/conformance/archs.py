@@ -58,8 +58,14 @@ def perturb(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
     """Add seeded noise to every parameter and to BatchNorm statistics: constant-initialised tensors
     (zeros, ones) get absolute noise of ``scale``, the rest noise of ``scale`` times their own spread."""
     gen = torch.Generator().manual_seed(seed)
+    # RCAN's MeanShift is a fixed normalisation (−rgb_range·mean), not a learned layer: trained
+    # checkpoints hold it exactly, and the loader reads rgb_range from it.
+    fixed = {f"{path}.{n}" for path, m in model.named_modules() if type(m).__name__ == "MeanShift"
+             for n, _ in m.named_parameters()}
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
+            if name in fixed:
+                continue
             spread = p.std().item() if p.numel() > 1 else 0.0
             noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
             p.add_(noise * (scale * spread if spread > 1e-8 else scale))
@@ -89,6 +95,7 @@ class Arch:
     kept: tuple = ()
     note: str = ""
     patch: Callable[[nn.Module], None] | None = None
+    perturb_scale: float = 0.3   # larger where the TLC effect would be too small to test (RCAN)
 
     def build(self, seed: int = 0) -> nn.Module:
         cls = getattr(arch_module(self.package, self.folder, self.module), self.cls)
@@ -96,7 +103,7 @@ class Arch:
         model = cls(**self.kwargs)
         if self.patch is not None:
             self.patch(model)
-        return perturb(model, seed + 1)
+        return perturb(model, seed + 1, self.perturb_scale)
 
 
 POOL = "AdaptiveAvgPool2d"
@@ -119,7 +126,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          dict(n_feat=16, chan_factor=1.5, n_MRB=1), 8, global_classes=(POOL, "ContextBlock"),
          kept=(("ContextBlock", "softmax-weighted pool over all pixels (an H·W MatMul contraction)"),)),
     Arch("RCAN", "spandrel", "RCAN", "rcan_arch", "RCAN",
-         dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=2, rgb_range=1), 1, global_classes=(POOL,)),
+         dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=2, rgb_range=1), 1, global_classes=(POOL,),
+         perturb_scale=1.0),
     Arch("HAT", "spandrel", "HAT", "HAT", "HAT",
          dict(img_size=64, embed_dim=12, depths=(1,), num_heads=(2,), window_size=8, compress_ratio=3,
               squeeze_factor=4, conv_scale=1.0, upscale=2, num_feat=16, mlp_ratio=2.0), 8, global_classes=(POOL,)),

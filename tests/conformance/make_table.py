@@ -93,7 +93,6 @@ Notes:
 """
 
 
-# Known causes (ids of docs/CONFORMANCE-FINDINGS.md), matched on a failing cell's message.
 
 
 def known_cause(cell: Cell) -> str:

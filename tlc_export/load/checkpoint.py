@@ -204,6 +204,22 @@ def _as_zoo_family(loaded, state: dict[str, torch.Tensor], arch_id: str, spandre
     return True
 
 
+def _rcan_rgb_range(model, state: dict[str, torch.Tensor], notes: list[str]) -> None:
+    """spandrel builds RCAN with rgb_range 255 ("undetectable"), but the stored ``sub_mean`` bias is
+    −rgb_range·mean/std, so the checkpoint does say it; the forward multiplies the input by it."""
+    bias, weight = state.get("sub_mean.bias"), state.get("sub_mean.weight")
+    if bias is None or weight is None or not hasattr(model, "rgb_range"):
+        return
+    mean_r = 0.4488                                       # RCAN's rgb_mean[0]; weight = 1/std on the diagonal
+    found = float(-bias[0] / (mean_r * weight[0, 0, 0, 0]))
+    if found > 0 and abs(found - round(found)) < 1e-3 and round(found) != model.rgb_range:
+        model.rgb_range = round(found)
+        notes.append(f"RCAN rgb_range {model.rgb_range} read from sub_mean.bias (spandrel assumes 255)")
+
+
+_SPANDREL_FIXUPS = {"RCAN": _rcan_rgb_range}
+
+
 def _from_spandrel(loaded, state: dict[str, torch.Tensor]) -> bool:
     """Load through spandrel's detection; False when spandrel is missing or detects nothing."""
     found = spandrel_registry()
@@ -224,6 +240,9 @@ def _from_spandrel(loaded, state: dict[str, torch.Tensor]) -> bool:
         loaded.notes.append(f"architecture {arch.architecture.name} detected by spandrel ({found.versions}); "
                             f"built as the zoo's {loaded.family} with its hyper-parameters")
         return True
+    fixup = _SPANDREL_FIXUPS.get(arch.architecture.id)
+    if fixup is not None:
+        fixup(descriptor.model, state, loaded.notes)
     loaded.module = descriptor.model
     loaded.architecture, loaded.loader = f"spandrel:{arch.architecture.id}", "spandrel"
     loaded.multiple = int(descriptor.size_requirements.multiple_of)
