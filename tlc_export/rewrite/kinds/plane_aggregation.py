@@ -78,10 +78,14 @@ def _feeds_contraction(node: gs.Node, graph: gs.Graph) -> bool:
 
 def match(node: gs.Node, graph: gs.Graph) -> KeptGlobal | None:
     if _contracts_plane(node, graph):
-        return KeptGlobal("hw-contraction", node.name,
-                          "a MatMul contracting over all pixels (a flattened H·W axis) in a layout the attention "
-                          "kind does not localise (e.g. channels-last q/k/v, k·qᵀ, a softmax-weighted context pool)",
-                          [node, *_feeders(node, graph)])
+        feeders = _feeders(node, graph)
+        if any(f.op in ("Softmax", "LogSoftmax") for f in feeders):
+            what = "a softmax-weighted pool over all pixels (a context block)"
+        else:
+            what = ("a transposed attention over all pixels in a layout the attention kind does not localise "
+                    "(e.g. channels-last q/k/v, k·qᵀ)")
+        return KeptGlobal("hw-contraction", node.name, f"{what}: a MatMul contracting a flattened H·W axis",
+                          [node, *feeders])
     if _over_plane(node, graph) and not _feeds_contraction(node, graph):
         return KeptGlobal("hw-reduction", node.name,
                           f"{node.op} over a flattened H·W axis (a pool or normalisation over all pixels in a "
