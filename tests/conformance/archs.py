@@ -144,11 +144,9 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          global_classes=(POOL,)),
     Arch("OmniSR", "spandrel", "OmniSR", "OmniSR", "OmniSR",
          dict(num_feat=16, block_num=1, window_size=8, res_num=1, up_scale=2), 8,
-         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation"),
+         global_classes=(POOL, "Channel_Attention_grid", "SqueezeExcitation"), perturb_scale=1.0,
          kept=(("Channel_Attention_grid", "attention over the dilated pixel grid (an H·W contraction in a layout "
-                                          "the attention kind does not localise)"),
-               ("SqueezeExcitation", "pooled vector rearranged to (N, C) and fed to Linear layers")),
-         note="every global op kept global: the converter refuses it by name"),
+                                          "the attention kind does not localise)"),)),
     Arch("SeemoRe", "spandrel", "SeemoRe", "seemore_arch", "SeemoRe",
          dict(scale=2, num_experts=2, num_layers=1, embedding_dim=16, recursive=1, topk=1), 4,
          global_classes=(POOL,),

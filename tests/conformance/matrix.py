@@ -93,7 +93,8 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
             cell.status, cell.kept = "kept-global", cell.true_kept
             cell.what = f"refused by name, all {cell.true_kept} kept global: {str(exc)[:200]}"
             return
-        if str(exc).startswith("the source graph, before any rewrite, fails"):
+        if str(exc).startswith("the source graph, before any rewrite, fails") or (
+                "-exported graph does not run at" in str(exc) and "ONNXRuntimeError" in str(exc)):
             cell.status = "n/a"     # PyTorch wrote a graph ONNX Runtime cannot run; the converter says so
             cell.what = f"the converter refuses by name: {str(exc)[:200]}"
             return
