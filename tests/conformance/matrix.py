@@ -93,6 +93,11 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
             cell.status, cell.kept = "kept-global", cell.true_kept
             cell.what = f"refused by name, all {cell.true_kept} kept global: {str(exc)[:200]}"
             return
+        if form in ("torchscript", "pt2") and str(exc).startswith("the model does not run at"):
+            cell.status = "n/a"     # the trace / program PyTorch wrote runs only at its export size
+            cell.what = f"the {form} file PyTorch writes runs at its export size only; the converter says so: " \
+                        f"{str(exc)[:160]}"
+            return
         if str(exc).startswith("the source graph, before any rewrite, fails") or (
                 "-exported graph does not run at" in str(exc) and "ONNXRuntimeError" in str(exc)):
             cell.status = "n/a"     # PyTorch wrote a graph ONNX Runtime cannot run; the converter says so
