@@ -54,6 +54,18 @@ def arch_module(package: str, arch: str, module: str):
     return importlib.import_module(name)
 
 
+def _scale_modules(model: nn.Module, class_name: str, factor: float) -> None:
+    """Multiply the output conv of every ``class_name`` module's branch by ``factor`` (weights and
+    bias of its last Conv2d before the attention)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == class_name:
+                last = [c for c in m.modules() if isinstance(c, nn.Conv2d)][1]
+                last.weight.mul_(factor)
+                if last.bias is not None:
+                    last.bias.mul_(factor)
+
+
 def perturb(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
     """Add seeded noise to every parameter and to BatchNorm statistics: constant-initialised tensors
     (zeros, ones) get absolute noise of ``scale``, the rest noise of ``scale`` times their own spread."""
@@ -130,7 +142,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          perturb_scale=1.0),
     Arch("HAT", "spandrel", "HAT", "HAT", "HAT",
          dict(img_size=64, embed_dim=12, depths=(1,), num_heads=(2,), window_size=8, compress_ratio=3,
-              squeeze_factor=4, conv_scale=1.0, upscale=2, num_feat=16, mlp_ratio=2.0), 8, global_classes=(POOL,)),
+              squeeze_factor=4, conv_scale=0.01, upscale=2, num_feat=16, mlp_ratio=2.0), 8, global_classes=(POOL,),
+         # conv_scale is not in the state dict: spandrel assumes the official 0.01; the CAB branch's
+         # own weights are scaled up instead, so its channel attention's TLC effect is testable
+         patch=lambda m: _scale_modules(m, "CAB", 100.0)),
     Arch("DRCT", "spandrel", "DRCT", "drct_arch", "DRCT",
          dict(img_size=64, embed_dim=12, depths=(1,), num_heads=(2,), window_size=8, upscale=2,
               upsampler="pixelshuffle", gc=8, mlp_ratio=2.0), 8, global_classes=(POOL,)),
@@ -163,7 +178,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("M3SNet", "spandrel_extra_arches", "M3SNet", "M3SNet", "M3SNet",
          dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]), 16,
          sizes=((96, 80), (128, 48)), global_classes=(POOL, "Attention")),
-    Arch("FBCNN", "spandrel", "FBCNN", "FBCNN", "FBCNN", dict(nc=[16, 32, 64, 512], nb=1), 8,
+    # nb=2: with nb=1 FBCNN's sequential() collapses m_body_encoder and spandrel cannot detect it.
+    Arch("FBCNN", "spandrel", "FBCNN", "FBCNN", "FBCNN", dict(nc=[16, 32, 64, 512], nb=2), 8,
          global_classes=(POOL, "InstanceNorm2d"),
          kept=(("qf_pred", "pooled vector flattened and fed to Linear layers (the JPEG quality predictor)"),)),
     Arch("DITN", "spandrel", "DITN", "DITN_Real", "DITN_Real",

@@ -93,6 +93,10 @@ def _fill(cell: Cell, arch, model, ref, form: str, folder: Path) -> None:
             cell.status, cell.kept = "kept-global", cell.true_kept
             cell.what = f"refused by name, all {cell.true_kept} kept global: {str(exc)[:200]}"
             return
+        if form == "torchscript" and str(exc).startswith("the TorchScript exporter fails on the model"):
+            cell.status = "n/a"     # torch.onnx cannot translate this TorchScript module (only it can read one)
+            cell.what = f"the converter refuses by name: {str(exc)[:200]}"
+            return
         if form in ("torchscript", "pt2") and str(exc).startswith("the model does not run at"):
             cell.status = "n/a"     # the trace / program PyTorch wrote runs only at its export size
             cell.what = f"the {form} file PyTorch writes runs at its export size only; the converter says so: " \

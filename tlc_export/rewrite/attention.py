@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UserError
-from .graphutil import is_constant, producer, value_through_identity
+from .graphutil import is_constant, producer, rank, value_through_identity
 from .ops import GlobalOp
 from .subgraphs import Builder
 
@@ -149,6 +149,13 @@ def _merge(b: Builder, yw: gs.Tensor, rows, cols, output: gs.Tensor) -> None:
     b.op("Mul", [merged, b.const([0.25], np.float32)], outputs=[output])
 
 
+def _is_size_arithmetic(t: gs.Tensor) -> bool:
+    """An integer scalar or vector: shape arithmetic, which follows the windows by itself once the
+    region reads the window batch."""
+    r = rank(t)
+    return (r is not None and r <= 1) or getattr(t, "dtype", None) in (np.int64, np.int32)
+
+
 def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
     """Reshape/Expand targets baked as constants would pin the region to the export size; make them
     follow the window batch (Reshape: batch copied with 0, pixel axis −1, the output map's h, w from
@@ -157,6 +164,8 @@ def _rebuild_constant_shapes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
     for node in op.nodes:
         if node.op not in ("Reshape", "Expand") or not is_constant(node.inputs[1], memo):
             continue
+        if _is_size_arithmetic(node.inputs[0]):
+            continue     # a size computed in the graph (a .pt2 program's h·w scalar to [-1]), not data
         target = value_through_identity(node.inputs[1])
         if target is None:
             raise UserError(f"node {node.name!r}: a {node.op} with a computed constant target inside the attention "
@@ -236,6 +245,27 @@ def _rebuild_computed_targets(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
         node.inputs[1] = b.op("Concat", pieces, {"axis": 0})
 
 
+def _rebuild_static_batch(b: Builder, op: GlobalOp) -> None:
+    """A graph exported with a static batch of 1 (a ``.pt2`` with only H, W dynamic) builds Reshape
+    targets as Concat(const [1, …], sizes …); on the window batch that 1 must be the batch of the
+    Reshape's input."""
+    shape = getattr(op.source, "shape", None)
+    if not shape or shape[0] != 1:
+        return
+    for node in op.nodes:
+        if node.op != "Reshape" or _is_size_arithmetic(node.inputs[0]):
+            continue
+        concat = producer(node.inputs[1])
+        if concat is None or concat.op != "Concat" or not concat.inputs:
+            continue
+        first = value_through_identity(concat.inputs[0])
+        if first is None or np.asarray(first).reshape(-1)[:1].tolist() != [1]:
+            continue
+        rest = [int(v) for v in np.asarray(first).reshape(-1)[1:]]
+        pieces = [b.dim(node.inputs[0], 0)] + ([b.const(rest)] if rest else [])
+        node.inputs[1] = b.op("Concat", [*pieces, *concat.inputs[1:]], {"axis": 0})
+
+
 def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None:
     """Rewire ``op``'s region (kept in the graph) to run on the windows of its qkv map and merge the
     window outputs into ``op.output`` (in place)."""
@@ -257,4 +287,5 @@ def local_transposed_attention(b: Builder, op: GlobalOp, window: Window) -> None
     _window_sizes(b, op, xw)
     _rebuild_computed_targets(b, op, xw)
     _rebuild_constant_shapes(b, op, xw)
+    _rebuild_static_batch(b, op)
     _merge(b, yw, rows, cols, y)
