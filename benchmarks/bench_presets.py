@@ -81,7 +81,7 @@ def render(entries: list[dict]) -> None:
              "(one run of each contender per round); random weights (timing does not depend on them). "
              "Ratios are to the global ONNX graph of the same preset at the same size. "
              "Where the TLC graph's extra time goes, and the floor for exact TLC: [ANALYSIS.md](ANALYSIS.md).", "",
-             "Run-to-run spread: on this 2-core machine, shared with other jobs, one command measured twice gives "
+             "Run-to-run spread: on this 2-core machine, shared with other jobs, the same graphs timed in separate runs give "
              "ratios up to ±0.1 apart (NAFNet 256x384 exact: 1.048, 1.065, 1.237 on one day; fast: 1.032, "
              "1.174), because the TLC graph moves more memory than the global one and suffers more from a "
              "neighbour's memory traffic. Read every ratio below as one sample under the load stated with it.", "",
