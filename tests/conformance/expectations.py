@@ -1,77 +1,45 @@
 """The one place where expected-failure cells are listed, each with its reason (marked xfail by the
-suite, shown as "(xfail)" in docs/CONFORMANCE.md). The F-numbers are the findings in
-docs/CONFORMANCE-FINDINGS.md. Remove an entry when a merge fixes it: the xfail is strict, so a fixed
-cell fails until its entry goes. Regenerate with ``python -m tests.conformance.make_table --expectations``.
-UNWRITABLE lists the forms PyTorch itself cannot write for an architecture (not the converter's fault).
+suite, shown as "(xfail)" in docs/CONFORMANCE.md). Remove an entry when a change fixes it: the xfail
+is strict, so a fixed cell fails until its entry goes. Regenerate with
+``python -m tests.conformance.make_table --expectations``.
 
-Measured at HEAD (issue-rewrite c476218 + issue-loaders 8356191): Restormer, KBNet_l, NAFNet, and
-MIRNet_v2 / RealPLKSR partly; the other rows are from the run against main 45b29f3 and may be stale
-(state_dict rows especially: the spandrel loader landed after it).
+UNWRITABLE lists the cells where PyTorch cannot write the form, or writes a file that is itself wrong
+at other sizes or that ONNX Runtime cannot run before any rewrite (not the converter's fault; the
+converter says which in one line).
+
+Measured at HEAD on 2026-12-01 (docs/CONFORMANCE.md).
 """
 
 EXPECTED_FAILURES: dict[tuple[str, str], str] = {
-    ('Restormer', 'torchscript'): 'RuntimeError: The following operation failed in the TorchScript interpreter. (module.py:1789)',
-    ('Restormer', 'pt2'): 'UserError: the dynamo ONNX exporter fails on the program (Failed to decompose the FX graph for ONNX compatibility. ',
-    ('KBNet_l', 'pt2'): 'UserError: the dynamo ONNX exporter fails on the program (Failed to decompose the FX graph for ONNX compatibility. ',
-    ('NAFNet', 'pt2'): 'UserError: the dynamo ONNX exporter fails on the program (Failed to decompose the FX graph for ONNX compatibility. ',
-    ('KBNet_s', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('KBNet_s', 'pt2'): 'F3: .pt2 graph runs only at the calibration size',
-    ('MPRNet', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('MPRNet', 'torchscript'): "F7: MPRNet's exported global graph is wrong before any rewrite",
-    ('MPRNet', 'pt2'): 'F10: .pt2 retraced through the TorchScript exporter (traceback)',
-    ('MPRNet', 'onnx_ts'): "F7: MPRNet's exported global graph is wrong before any rewrite",
-    ('MPRNet', 'onnx_dynamo'): "F7: MPRNet's exported global graph is wrong before any rewrite",
-    ('MIRNet_v2', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('MIRNet_v2', 'pt2'): 'F3: .pt2 graph runs only at the calibration size',
-    ('RCAN', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('RCAN', 'pt2'): 'F2: .pt2 output cropped to the calibration size',
-    ('HAT', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('HAT', 'pt2'): 'F10: .pt2 retraced through the TorchScript exporter (traceback)',
-    ('HAT', 'onnx_dynamo'): '96x80: max err 8.0e-04 > 1e-05; 128x40: max err 1.1e-03 > 1e-05',
-    ('DRCT', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('DAT', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('DAT', 'torchscript'): 'F8: DAT graph fails in ONNX Runtime inside convert (traceback)',
-    ('DAT', 'pt2'): 'F10: .pt2 retraced through the TorchScript exporter (traceback)',
-    ('DAT', 'onnx_ts'): 'F8: DAT graph fails in ONNX Runtime inside convert (traceback)',
-    ('DAT', 'onnx_dynamo'): 'F8: DAT graph fails in ONNX Runtime inside convert (traceback)',
-    ('SAFMN', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('SAFMN', 'torchscript'): 'F9: TorchScript-exporter traceback for an input the dynamo exporter handles',
-    ('SAFMN', 'pt2'): 'F9: TorchScript-exporter traceback for an input the dynamo exporter handles',
-    ('OmniSR', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('OmniSR', 'pt2'): 'F11: SE pool reduced to (N, C) refused instead of kept global',
-    ('OmniSR', 'onnx_ts'): 'F11: SE pool reduced to (N, C) refused instead of kept global',
-    ('OmniSR', 'onnx_dynamo'): 'F11: SE pool reduced to (N, C) refused instead of kept global',
-    ('SeemoRe', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('SeemoRe', 'torchscript'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
-    ('SeemoRe', 'onnx_ts'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
-    ('MixDehazeNet', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('MixDehazeNet', 'torchscript'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
-    ('MixDehazeNet', 'pt2'): 'F3: .pt2 graph runs only at the calibration size',
-    ('MixDehazeNet', 'onnx_ts'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
-    ('MixDehazeNet', 'onnx_dynamo'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
-    ('RetinexFormer', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('RetinexFormer', 'torchscript'): 'F4/F13: transposed attention not found (silent no-op, exit 0)',
-    ('RetinexFormer', 'pt2'): 'F4/F13: transposed attention not found (silent no-op, exit 0)',
-    ('RetinexFormer', 'onnx_ts'): 'F4/F13: transposed attention not found (silent no-op, exit 0)',
-    ('RetinexFormer', 'onnx_dynamo'): 'F4/F13: transposed attention not found (silent no-op, exit 0)',
-    ('M3SNet', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('M3SNet', 'onnx_ts'): 'F4/F16: transposed attention missed (counts and outputs off)',
-    ('M3SNet', 'onnx_dynamo'): 'F5: transposed attention from the dynamo exporter refused',
-    ('FBCNN', 'state_dict'): 'F1: spandrel state dicts not recognised by the loader',
-    ('FBCNN', 'torchscript'): "F15: FBCNN's Flatten→Linear pool rewritten instead of kept global (ORT traceback)",
-    ('FBCNN', 'pt2'): "F15: FBCNN's Flatten→Linear pool rewritten instead of kept global (ORT traceback)",
-    ('FBCNN', 'onnx_ts'): "F15: FBCNN's Flatten→Linear pool rewritten instead of kept global (ORT traceback)",
-    ('FBCNN', 'onnx_dynamo'): 'F6/F12: pool reshaped to (N, C, …) rewritten instead of kept global (ORT traceback)',
+    # The TorchScript exporter writes einops' rearrange of OmniSR's pooled SE vector through Shape ops,
+    # which the pooled-consumer walk does not follow: the SE is kept global (with the grid attention,
+    # every global op: refused by name). From the dynamo exporter (and .pt2) it is localised, exact.
+    ('OmniSR', 'state_dict'): "SE kept global through the TorchScript exporter's Shape ops (use --exporter dynamo)",
+    ('OmniSR', 'onnx_ts'): "SE kept global through the TorchScript exporter's Shape ops (dynamo ONNX is exact)",
 }
 
 UNWRITABLE: dict[tuple[str, str], str] = {
-    ('KBNet_l', 'torchscript'): "RuntimeError: Could not export Python function call 'LayerNormFunction'. Remove calls to Python func",
     ('NAFNet', 'torchscript'): "RuntimeError: Could not export Python function call 'LayerNormFunction'. Remove calls to Python func",
     ('KBNet_s', 'torchscript'): "RuntimeError: Could not export Python function call 'KBAFunction'. Remove calls to Python functions ",
+    ('KBNet_l', 'torchscript'): "RuntimeError: Could not export Python function call 'LayerNormFunction'. Remove calls to Python func",
+    ('MPRNet', 'torchscript'): 'the torchscript file PyTorch writes is already wrong at other sizes (its global graph (--no-tlc) is ',
+    ('MPRNet', 'pt2'): 'the pt2 file PyTorch writes runs at its export size only; the converter says so: the model does not ',
+    ('MPRNet', 'onnx_ts'): 'the onnx_ts file PyTorch writes is already wrong at other sizes (its global graph (--no-tlc) is off ',
+    ('MPRNet', 'onnx_dynamo'): 'the onnx_dynamo file PyTorch writes is already wrong at other sizes (its global graph (--no-tlc) is ',
+    ('DRCT', 'state_dict'): 'the converter refuses by name: the torchscript-exported graph does not run at 112x96 ([ONNXRuntimeEr',
+    ('DRCT', 'torchscript'): 'the torchscript file PyTorch writes runs at its export size only; the converter says so: the model d',
     ('DRCT', 'pt2'): 'UserError: Constraints violated (8*hb, 8*wb)! For more information, run with TORCH_LOGS="+dynamic".',
+    ('DAT', 'state_dict'): 'the converter refuses by name: the torchscript-exported graph does not run at 112x96 ([ONNXRuntimeEr',
+    ('DAT', 'torchscript'): 'the converter refuses by name: the torchscript-exported graph does not run at 112x96 ([ONNXRuntimeEr',
+    ('DAT', 'pt2'): 'the converter refuses by name: the dynamo-exported graph does not run at 112x96 ([ONNXRuntimeError] ',
+    ('DAT', 'onnx_ts'): 'the converter refuses by name: the source graph, before any rewrite, fails in ONNX Runtime at 64x64 ',
+    ('DAT', 'onnx_dynamo'): 'the converter refuses by name: the source graph, before any rewrite, fails in ONNX Runtime at 64x64 ',
+    ('SAFMN', 'torchscript'): 'the converter refuses by name: the TorchScript exporter fails on the model (Unsupported: ONNX export',
+    ('SAFMN', 'pt2'): 'the pt2 file PyTorch writes runs at its export size only; the converter says so: the model does not ',
     ('SAFMN', 'onnx_ts'): 'SymbolicValueError: Unsupported: ONNX export of operator adaptive pooling, since output_size is not ',
     ('OmniSR', 'torchscript'): "RuntimeError: Could not export Python function call 'LayerNormFunction'. Remove calls to Python func",
     ('SeemoRe', 'pt2'): 'GuardOnDataDependentSymNode: Could not extract specialized integer from data-dependent expression u0',
     ('SeemoRe', 'onnx_dynamo'): 'TorchExportError: Failed to export the model with torch.export. This is step 1/3 of exporti',
     ('M3SNet', 'torchscript'): "RuntimeError: Could not export Python function call 'LayerNormFunction'. Remove calls to Python func",
+    ('DITN', 'torchscript'): 'the torchscript file PyTorch writes runs at its export size only; the converter says so: the model d',
 }
