@@ -188,8 +188,8 @@ def _as_zoo_family(loaded, state: dict[str, torch.Tensor], arch_id: str, spandre
     try:
         model = zoo.build(family, **kwargs).eval()
         model.load_state_dict(spandrel_model.state_dict(), strict=True)
-        probe = torch.rand(1, int(kwargs.get("in_c", kwargs.get("inp_channels", kwargs.get("img_channel", 3)))),
-                           32, 32, generator=torch.Generator().manual_seed(0))
+        probe = torch.rand(1, zoo.input_channels(family, overrides=kwargs), 32, 32,
+                           generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ours, theirs = model(probe), spandrel_model.eval()(probe)
         ours = ours[0] if isinstance(ours, (list, tuple)) else ours

@@ -55,8 +55,7 @@ def _probed(model: onnx.ModelProto) -> dict[str, frozenset[int]]:
         t, w = taller.get(name), wider.get(name)
         if t is None or w is None or len(t) != len(shape) or len(w) != len(shape):
             continue
-        axes = frozenset(i for i, (a, b, c) in enumerate(zip(shape, t, w))
-                         if None not in (a, b, c) and a != b and a != c)
+        axes = frozenset(i for i, (a, b, c) in enumerate(zip(shape, t, w)) if a != b and a != c)
         if axes:
             found[name] = axes
     return found
