@@ -47,7 +47,7 @@ class Pooled(nn.Module):
         b, c, _, _ = x.shape
         if self.pool == "flatten":
             return F.adaptive_avg_pool2d(x, 1).flatten(1)
-        if self.pool == "mean":
+        if self.pool in ("mean", "own-shape"):
             return x.mean((2, 3))
         if self.pool == "view":
             return x.view(b, c, -1).mean(-1)
@@ -64,6 +64,8 @@ class Pooled(nn.Module):
             return self.out((torch.stack([x, x * x], 1) * attn).sum(1))
         if self.window is None:
             y = torch.sigmoid(self.fc2(torch.relu(self.fc1(self._squeeze(x)))))
+            if self.pool == "own-shape":   # einops' rearrange('b c -> b c 1 1'): sizes read off the vector
+                return self.out(x * y.reshape(y.shape[0], y.shape[1], 1, 1))
             return self.out(x * y.view(b, c, 1, 1))
         y = local_mean(x, self.window).permute(0, 2, 3, 1)
         y = torch.sigmoid(self.fc2(torch.relu(self.fc1(y)))).permute(0, 3, 1, 2)
@@ -91,7 +93,7 @@ def run(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("pool", ["flatten", "mean", "view", "sk"])
+@pytest.mark.parametrize("pool", ["flatten", "mean", "view", "sk", "own-shape"])
 def test_pooled_vector_and_reshaped_pools_are_localised_exactly(pool, dynamo):
     model = Pooled(pool).eval()
     stage = rewrite_stage(export(model, dynamo), CALIB, (1, 3, *CALIB))

@@ -11,11 +11,6 @@ Measured at HEAD on 2026-12-01 (docs/CONFORMANCE.md).
 """
 
 EXPECTED_FAILURES: dict[tuple[str, str], str] = {
-    # The TorchScript exporter writes einops' rearrange of OmniSR's pooled SE vector through Shape ops,
-    # which the pooled-consumer walk does not follow: the SE is kept global (with the grid attention,
-    # every global op: refused by name). From the dynamo exporter (and .pt2) it is localised, exact.
-    ('OmniSR', 'state_dict'): "SE kept global through the TorchScript exporter's Shape ops (use --exporter dynamo)",
-    ('OmniSR', 'onnx_ts'): "SE kept global through the TorchScript exporter's Shape ops (dynamo ONNX is exact)",
 }
 
 UNWRITABLE: dict[tuple[str, str], str] = {

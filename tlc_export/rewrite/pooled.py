@@ -13,7 +13,10 @@ MatMul on the last axis — runs per pixel unchanged, like a 1×1 conv):
 * map → vector ("entries"): Flatten(axis 1), Squeeze of both spatial axes, Reshape to rank 2;
 * vector → vector: Gemm/MatMul with constant weights, unary and elementwise ops, Softmax, Concat, Split,
   Unsqueeze, Squeeze, Reduce*, Transpose on non-batch axes (axes shifted by 2 locally);
-* vector → map ("exits"): Reshape to a target ending in 1, 1, or Unsqueezes adding the last two axes.
+* vector → map ("exits"): Reshape to a target ending in 1, 1, or Unsqueezes adding the last two axes;
+* Shape of a vector (einops' ``rearrange('b c -> b c 1 1')`` through the TorchScript exporter builds the
+  exit's target from it): answered with the vector's own shape read off the local tensor, so the size
+  arithmetic downstream sees the values it was written for.
 
 The walk stops where a pooled-derived tensor meets a full map (an elementwise op with a non-constant
 operand whose spatial size is not 1×1): from there on it is an ordinary map.
@@ -47,6 +50,7 @@ class PooledUse:
     entries: list[list[gs.Node]] = field(default_factory=list)  # map → vector (1 or 2 nodes)
     exits: list[tuple[list[gs.Node], int]] = field(default_factory=list)  # vector → map (1 or 2 nodes, vector rank)
     spatial_reshapes: list[gs.Node] = field(default_factory=list)  # map reshapes ending in 1, 1
+    vector_shapes: list[gs.Node] = field(default_factory=list)  # Shape ops reading a vector
 
     @property
     def pointwise_only(self) -> bool:
@@ -255,6 +259,9 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
             use.spatial_reshapes.append(node)
         return _add(node.outputs, MAP, region, vec_rank)
     r = vec_rank[id(inputs_in[0])]
+    if node.op == "Shape":
+        use.vector_shapes.append(node)
+        return []       # size data, not a pooled value: the walk ends here
     if node.op in ("Reshape", "Unsqueeze"):
         chain = _spatial_unsqueezes(node, r) if node.op == "Unsqueeze" else (
             [node] if _ends_in_one_one(node.inputs[1]) and target_rank(node.inputs[1]) else None)

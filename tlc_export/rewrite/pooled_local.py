@@ -91,6 +91,22 @@ def rewire(b: Builder, use: PooledUse) -> None:
         _exit_chain(b, chain, rank)
     for node in use.spatial_reshapes:
         _respatial_reshape(b, node)
+    for node in use.vector_shapes:
+        _vector_shape(b, node)
+
+
+def _vector_shape(b: Builder, node: gs.Node) -> None:
+    """Shape of a vector, read off its local form (N, h, w, d…): (N, d…), then the node's start/end."""
+    local, out = node.inputs[0], node.outputs[0]
+    start, end = node.attrs.get("start"), node.attrs.get("end")
+    _detach([node])
+    own = [b.op("Shape", [local], {"end": 1}), b.op("Shape", [local], {"start": 3})]
+    if start is None and end is None:
+        b.op("Concat", own, {"axis": 0}, outputs=[out])
+        return
+    full = b.op("Concat", own, {"axis": 0})
+    stop = np.iinfo(np.int64).max if end is None else int(end)
+    b.op("Slice", [full, b.const([int(start or 0)]), b.const([stop]), b.const([0])], outputs=[out])
 
 
 def _exit_chain(b: Builder, chain: list[gs.Node], vec_rank: int) -> None:
