@@ -249,3 +249,14 @@ def test_kept_global_ops_are_listed_with_reasons():
     assert "kept global" in result.table()
     linear = next(o for o in result.ops if o.module_path == "avg_pool")
     assert linear.mlp_macs_per_pixel == 64 and linear.extra_macs_exact == 64 * (40 * 48 - 1)
+
+
+def test_eca_conv_across_channels_counts_every_position():
+    """ECA's 1-D conv (kernel 3) across the 8 channels of the pooled vector: 3 · 8 multiply-adds per
+    pixel, on the full map once local (the vector is padded back before the conv runs)."""
+    from test_rewrite_kinds import Pooled
+
+    result = inspect_model(Pooled("eca").eval(), (16, 16), size=(40, 48), effect=False)
+    [op] = result.ops
+    assert op.action == "rewritten" and op.mlp_macs_per_pixel == 3 * 8
+    assert op.extra_macs_exact == 3 * 8 * (40 * 48 - 1)

@@ -131,7 +131,7 @@ def mlp_after_pool(graph: gs.Graph, op: GlobalOp) -> list[tuple[gs.Node, bool]]:
     first conv the rewrite moves the mean after) instead of the valid map."""
     use = op.attrs.get("use")
     if use is not None and not use.pointwise_only:   # the local mean is padded first: all on h×w
-        nodes = [n for n, _ in use.vector_nodes] + [n for entry in use.entries for n in entry]
+        nodes = [n for n, _ in use.vector_nodes] + [n for chain, _ in use.entries for n in chain]
         return [(n, True) for n in nodes if n.op in ("Conv", "Gemm", "MatMul") and per_pixel_macs(n)]
     chain = pointwise_chain(op.output, {t.name for t in graph.outputs})
     convs = [n for n in chain if n.op == "Conv"]

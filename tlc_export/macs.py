@@ -87,7 +87,14 @@ def graph_macs(graph: gs.Graph, shapes: dict[str, list[int | None]]) -> GraphMac
 
 
 def per_pixel_macs(node: gs.Node) -> int:
-    """Multiply-adds per pixel of a 1×1 Conv (c_out · c_in / groups) or of a Linear (Gemm / MatMul with a
-    constant K×N weight: K · N), as it runs on one pixel's channel vector."""
+    """Multiply-adds per pixel of a 1×1 Conv (c_out · c_in / groups), of a 1-D Conv across the channel
+    vector (weight size · output length) or of a Linear (Gemm / MatMul with a constant K×N weight: K · N),
+    as it runs on one pixel's channel vector."""
     weights = [w for t in node.inputs[:2] if (w := constant_value(t)) is not None and w.ndim >= 2]
-    return int(prod(weights[0].shape)) if weights else 0
+    if not weights:
+        return 0
+    macs = int(prod(weights[0].shape))
+    shape = node.outputs[0].shape
+    if node.op == "Conv" and weights[0].ndim == 3 and shape and isinstance(shape[-1], int):
+        macs *= shape[-1]       # a 1-D conv across a pooled vector (ECA) runs at each of its positions
+    return macs

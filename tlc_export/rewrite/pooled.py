@@ -10,10 +10,14 @@ MatMul on the last axis — runs per pixel unchanged, like a 1×1 conv):
 
 * map → map: per-pixel ops (unary, elementwise, 1×1 Conv, BatchNorm, Softmax/Concat/Split on a
   non-spatial axis, Expand) and Reshapes whose target ends in 1, 1 (re-targeted to h, w);
-* map → vector ("entries"): Flatten(axis 1), Squeeze of both spatial axes, Reshape to rank 2;
+* map → vector ("entries"): Flatten(axis 1), Squeeze of both spatial axes, Reshape to rank 2; Squeeze
+  of one spatial axis gives an (N, C, 1) vector (ECA: ``y.squeeze(-1).transpose(-1, -2)``);
 * vector → vector: Gemm/MatMul with constant weights, unary and elementwise ops, Softmax, Concat, Split,
-  Unsqueeze, Squeeze, Reduce*, Transpose on non-batch axes (axes shifted by 2 locally);
-* vector → map ("exits"): Reshape to a target ending in 1, 1, or Unsqueezes adding the last two axes;
+  Unsqueeze, Squeeze, Reduce*, Transpose on non-batch axes (axes shifted by 2 locally); a 1-D Conv with
+  constant weights on an (N, Cin, L) vector (ECA's convolution across channels), run on the pixels as
+  a batch;
+* vector → map ("exits"): Reshape to a target ending in 1, 1, Unsqueezes adding the last two axes, or
+  one Unsqueeze adding the last axis to a vector whose last axis is 1 ((N, C, 1) → (N, C, 1, 1));
 * Shape of a vector (einops' ``rearrange('b c -> b c 1 1')`` through the TorchScript exporter builds the
   exit's target from it): answered with the vector's own shape read off the local tensor, so the size
   arithmetic downstream sees the values it was written for.
@@ -47,7 +51,7 @@ class PooledUse:
 
     mode: str                                               # the pooled tensor's own layout
     vector_nodes: list[tuple[gs.Node, int | None]] = field(default_factory=list)  # (node, input rank): axes shift by 2
-    entries: list[list[gs.Node]] = field(default_factory=list)  # map → vector (1 or 2 nodes)
+    entries: list[tuple[list[gs.Node], int]] = field(default_factory=list)  # map → vector (1 or 2 nodes, vector rank)
     exits: list[tuple[list[gs.Node], int]] = field(default_factory=list)  # vector → map (1 or 2 nodes, vector rank)
     spatial_reshapes: list[gs.Node] = field(default_factory=list)  # map reshapes ending in 1, 1
     vector_shapes: list[gs.Node] = field(default_factory=list)  # Shape ops reading a vector
@@ -94,14 +98,14 @@ def _axis(node: gs.Node, r: int | None, default: int) -> int | None:
     return a % r if r is not None else (a if a >= 0 else None)
 
 
-def _unsqueeze_axes(node: gs.Node) -> list[int] | None:
+def unsqueeze_axes(node: gs.Node) -> list[int] | None:
     if "axes" in node.attrs:
         return list(node.attrs["axes"])
     return int_list(node.inputs[1]) if len(node.inputs) > 1 else None
 
 
 def _squeeze_axes(node: gs.Node) -> list[int] | None:
-    return _unsqueeze_axes(node)
+    return unsqueeze_axes(node)
 
 
 def _spatial_unsqueezes(node: gs.Node, vec_rank: int | None) -> list[gs.Node] | None:
@@ -111,7 +115,7 @@ def _spatial_unsqueezes(node: gs.Node, vec_rank: int | None) -> list[gs.Node] | 
         return None
     marks = ["v"] * dims
     for _ in range(2):
-        axes = _unsqueeze_axes(chain[-1])
+        axes = unsqueeze_axes(chain[-1])
         if axes is None:
             return None
         out_rank = len(marks) + len(axes)
@@ -126,12 +130,13 @@ def _spatial_unsqueezes(node: gs.Node, vec_rank: int | None) -> list[gs.Node] | 
     return None
 
 
-def _spatial_squeezes(node: gs.Node) -> list[gs.Node] | None:
-    """1 or 2 nodes from ``node`` turning an (N, C, 1, 1) map into an (N, C) vector."""
+def _spatial_squeezes(node: gs.Node) -> tuple[list[gs.Node], int] | None:
+    """1 or 2 nodes from ``node`` turning an (N, C, 1, 1) map into an (N, C) vector, or one Squeeze of
+    a single spatial axis into an (N, C, 1) vector; with the vector's rank."""
     if node.op == "Flatten":
-        return [node] if int(node.attrs.get("axis", 1)) == 1 else None
+        return ([node], 2) if int(node.attrs.get("axis", 1)) == 1 else None
     if node.op == "Reshape":
-        return [node] if target_rank(node.inputs[1]) == 2 else None
+        return ([node], 2) if target_rank(node.inputs[1]) == 2 else None
     if node.op != "Squeeze":
         return None
     axes = _squeeze_axes(node)
@@ -139,13 +144,15 @@ def _spatial_squeezes(node: gs.Node) -> list[gs.Node] | None:
         return None
     axes = sorted(a % 4 for a in axes)
     if axes == [2, 3]:
-        return [node]
+        return [node], 2
+    if axes not in ([3], [2]):
+        return None
     nxt = node.outputs[0].outputs
-    if axes in ([3], [2]) and len(nxt) == 1 and nxt[0].op == "Squeeze":
+    if len(nxt) == 1 and nxt[0].op == "Squeeze":
         second = _squeeze_axes(nxt[0])
         if second is not None and sorted(a % 3 for a in second) == [2]:
-            return [node, nxt[0]]
-    return None
+            return [node, nxt[0]], 2
+    return [node], 3
 
 
 def _is_in(t: gs.Tensor, tensors: list[gs.Tensor]) -> bool:
@@ -177,13 +184,23 @@ def _vector_node_ok(node: gs.Node, inputs_in: list[gs.Tensor], r: int | None) ->
         axes = reduce_axes(node)
         return consts and axes is not None and r is not None and all(a % r != 0 for a in axes)
     if op in ("Unsqueeze", "Squeeze"):
-        axes = _unsqueeze_axes(node)
+        axes = unsqueeze_axes(node)
         out_r = None if r is None or axes is None else (r + len(axes) if op == "Unsqueeze" else r)
         return axes is not None and out_r is not None and all(a % out_r != 0 for a in axes)
     if op == "Transpose":
         perm = node.attrs.get("perm")
         return perm is not None and list(perm)[0] == 0
+    if op == "Conv":
+        return r == 3 and node.inputs[0] is inputs_in[0] and len(inputs_in) == 1 and consts
     return False
+
+
+def _singleton_exit(node: gs.Node, vector: gs.Tensor, r: int | None) -> bool:
+    """One Unsqueeze adding the last axis to a vector whose last axis is statically 1."""
+    axes = unsqueeze_axes(node)
+    shape = vector.shape
+    return (r is not None and r >= 3 and axes is not None and len(axes) == 1 and axes[0] % (r + 1) == r
+            and shape is not None and len(shape) == r and shape[-1] == 1)
 
 
 def _map_node_ok(node: gs.Node, inputs_in: list[gs.Tensor]) -> str | None:
@@ -246,10 +263,10 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
         raise NotDropIn(f"node {node.name!r} ({node.op}) mixes pooled maps and vectors")
     layout = layouts.pop()
     if layout == MAP:
-        squeezes = _spatial_squeezes(node) if len(inputs_in) == 1 and node.inputs[0] is inputs_in[0] else None
-        if squeezes:
-            use.entries.append(squeezes)
-            return _add(squeezes[-1].outputs, VECTOR, region, vec_rank, 2)
+        entry = _spatial_squeezes(node) if len(inputs_in) == 1 and node.inputs[0] is inputs_in[0] else None
+        if entry:
+            use.entries.append(entry)
+            return _add(entry[0][-1].outputs, VECTOR, region, vec_rank, entry[1])
         verdict = _map_node_ok(node, inputs_in)
         if verdict is None:
             raise NotDropIn(f"node {node.name!r} ({node.op}) uses the pooled map in a way that is not per pixel")
@@ -265,6 +282,8 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
     if node.op in ("Reshape", "Unsqueeze"):
         chain = _spatial_unsqueezes(node, r) if node.op == "Unsqueeze" else (
             [node] if _ends_in_one_one(node.inputs[1]) and target_rank(node.inputs[1]) else None)
+        if chain is None and node.op == "Unsqueeze" and _singleton_exit(node, inputs_in[0], r):
+            chain = [node]
         if chain and r is not None:
             use.exits.append((chain, r))
             return _add(chain[-1].outputs, MAP, region, vec_rank)
@@ -274,7 +293,7 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
     use.vector_nodes.append((node, r))
     out_r = r
     if r is not None and node.op in ("Unsqueeze", "Squeeze"):
-        n = len(_unsqueeze_axes(node))
+        n = len(unsqueeze_axes(node))
         out_r = r + n if node.op == "Unsqueeze" else r - n
     elif r is not None and node.op in _REDUCE and not node.attrs.get("keepdims", 1):
         out_r = r - len(reduce_axes(node))
@@ -283,4 +302,4 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
     return _add(node.outputs, VECTOR, region, vec_rank, out_r)
 
 
-__all__ = ["target_rank", "MAP", "VECTOR", "NotDropIn", "PooledUse", "follow_pooled"]
+__all__ = ["target_rank", "unsqueeze_axes", "MAP", "VECTOR", "NotDropIn", "PooledUse", "follow_pooled"]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graphutil import int_list, value_through_identity
-from .pooled import VECTOR, PooledUse, target_rank
+from .pooled import VECTOR, PooledUse, target_rank, unsqueeze_axes
 from .subgraphs import Builder
 
 
@@ -52,6 +52,18 @@ def _gemm_as_matmul(b: Builder, node: gs.Node) -> None:
     b.op("Add", [b.op("MatMul", [a, b.const(weight, np.float32)]), b.const(bias, np.float32)], outputs=[y])
 
 
+def _conv_over_pixels(b: Builder, node: gs.Node) -> None:
+    """A 1-D Conv on the local (N, h, w, Cin, L) tensor: the pixels as a batch, (N·h·w, Cin, L), and back."""
+    local, y = node.inputs[0], node.outputs[0]
+    batched = b.op("Reshape", [local, b.op("Concat", [b.const([-1]), b.op("Shape", [local], {"start": 3})],
+                                           {"axis": 0})])
+    node.inputs[0] = batched
+    conv_out = gs.Variable(f"{node.name}_pixels_out")
+    node.outputs[0] = conv_out
+    shape = b.op("Concat", [b.op("Shape", [local], {"end": 3}), b.op("Shape", [conv_out], {"start": 1})], {"axis": 0})
+    b.op("Reshape", [conv_out, shape], outputs=[y])
+
+
 def _shift_node_axes(b: Builder, node: gs.Node, rank: int | None) -> None:
     """Shift the axes of a vector-mode node by the two spatial axes of the local layout."""
     if node.op == "Transpose":
@@ -78,13 +90,15 @@ def _respatial_reshape(b: Builder, node: gs.Node) -> None:
 def rewire(b: Builder, use: PooledUse) -> None:
     """Apply ``use`` to the graph (the pooled tensor itself must already be the local-mean map, in the
     local vector layout when ``use.mode`` is VECTOR)."""
-    for chain in use.entries:
+    for chain, rank in use.entries:
         outputs = list(chain[-1].outputs)
         inputs, _ = _detach(chain)
-        to_vector_layout(b, inputs[0], outputs[0])
+        to_vector_layout(b, inputs[0], outputs[0], rank)
     for node, rank in use.vector_nodes:
         if node.op == "Gemm":
             _gemm_as_matmul(b, node)
+        elif node.op == "Conv":
+            _conv_over_pixels(b, node)
         else:
             _shift_node_axes(b, node, rank)
     for chain, rank in use.exits:
@@ -115,12 +129,16 @@ def _exit_chain(b: Builder, chain: list[gs.Node], vec_rank: int) -> None:
     first = chain[0]
     local, target = first.inputs[0], (first.inputs[1] if first.op == "Reshape" else None)
     n_out = target_rank(target) if target is not None else None
+    adds_one_axis = len(chain) == 1 and len(unsqueeze_axes(first) or []) == 1
     _detach(chain)
     if target is not None:
         middle = b.op("Slice", [target, b.const([1]), b.const([n_out - 2]), b.const([0])])
         shape = b.op("Concat", [b.op("Shape", [local], {"start": 0, "end": 3}), middle], {"axis": 0})
         local = b.op("Reshape", [local, shape])
         vec_rank = n_out - 2
+    elif adds_one_axis:         # (N, d…, 1) → (N, d…, 1, 1)
+        local = b.op("Squeeze", [local, b.const([-1])])
+        vec_rank -= 1
     b.op("Transpose", [local], {"perm": [0, *range(3, vec_rank + 2), 1, 2]}, outputs=[y])
 
 
