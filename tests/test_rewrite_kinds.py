@@ -52,6 +52,9 @@ class Pooled(nn.Module):
             return x.mean((2, 3))
         if self.pool == "view":
             return x.view(b, c, -1).mean(-1)
+        if self.pool == "own-size":    # the pooled map's own sizes: y.view(y.size(0), -1)
+            y = F.adaptive_avg_pool2d(x, 1)
+            return y.view(y.size(0), -1)
         raise AssertionError(self.pool)
 
     def forward(self, x):
@@ -102,7 +105,7 @@ def run(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("pool", ["flatten", "mean", "view", "sk", "own-shape", "eca"])
+@pytest.mark.parametrize("pool", ["flatten", "mean", "view", "sk", "own-shape", "own-size", "eca"])
 def test_pooled_vector_and_reshaped_pools_are_localised_exactly(pool, dynamo):
     model = Pooled(pool).eval()
     # torch.export specialises the batch of a Conv1d on (N, 1, C) to the example's 1

@@ -18,8 +18,9 @@ MatMul on the last axis — runs per pixel unchanged, like a 1×1 conv):
   a batch;
 * vector → map ("exits"): Reshape to a target ending in 1, 1, Unsqueezes adding the last two axes, or
   one Unsqueeze adding the last axis to a vector whose last axis is 1 ((N, C, 1) → (N, C, 1, 1));
-* Shape of a vector (einops' ``rearrange('b c -> b c 1 1')`` through the TorchScript exporter builds the
-  exit's target from it): answered with the vector's own shape read off the local tensor, so the size
+* Shape of a pooled tensor (``y.view(y.size(0), -1)``; einops' ``rearrange('b c -> b c 1 1')`` through
+  the TorchScript exporter builds the exit's target from the vector's): answered with the global shape,
+  read off the local tensor ((N, C, 1, 1) from (N, C, h, w); (N, C) from (N, h, w, C)), so the size
   arithmetic downstream sees the values it was written for.
 
 The walk stops where a pooled-derived tensor meets a full map (an elementwise op with a non-constant
@@ -54,7 +55,7 @@ class PooledUse:
     entries: list[tuple[list[gs.Node], int]] = field(default_factory=list)  # map → vector (1 or 2 nodes, vector rank)
     exits: list[tuple[list[gs.Node], int]] = field(default_factory=list)  # vector → map (1 or 2 nodes, vector rank)
     spatial_reshapes: list[gs.Node] = field(default_factory=list)  # map reshapes ending in 1, 1
-    vector_shapes: list[gs.Node] = field(default_factory=list)  # Shape ops reading a vector
+    shapes: list[tuple[gs.Node, str]] = field(default_factory=list)  # Shape ops reading a pooled tensor
 
     @property
     def pointwise_only(self) -> bool:
@@ -262,6 +263,9 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
     if len(layouts) != 1:
         raise NotDropIn(f"node {node.name!r} ({node.op}) mixes pooled maps and vectors")
     layout = layouts.pop()
+    if node.op == "Shape":
+        use.shapes.append((node, layout))
+        return []       # size data, not a pooled value: the walk ends here
     if layout == MAP:
         entry = _spatial_squeezes(node) if len(inputs_in) == 1 and node.inputs[0] is inputs_in[0] else None
         if entry:
@@ -276,9 +280,6 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
             use.spatial_reshapes.append(node)
         return _add(node.outputs, MAP, region, vec_rank)
     r = vec_rank[id(inputs_in[0])]
-    if node.op == "Shape":
-        use.vector_shapes.append(node)
-        return []       # size data, not a pooled value: the walk ends here
     if node.op in ("Reshape", "Unsqueeze"):
         chain = _spatial_unsqueezes(node, r) if node.op == "Unsqueeze" else (
             [node] if _ends_in_one_one(node.inputs[1]) and target_rank(node.inputs[1]) else None)

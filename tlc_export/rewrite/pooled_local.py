@@ -105,16 +105,20 @@ def rewire(b: Builder, use: PooledUse) -> None:
         _exit_chain(b, chain, rank)
     for node in use.spatial_reshapes:
         _respatial_reshape(b, node)
-    for node in use.vector_shapes:
-        _vector_shape(b, node)
+    for node, layout in use.shapes:
+        _global_shape(b, node, layout)
 
 
-def _vector_shape(b: Builder, node: gs.Node) -> None:
-    """Shape of a vector, read off its local form (N, h, w, d…): (N, d…), then the node's start/end."""
+def _global_shape(b: Builder, node: gs.Node, layout: str) -> None:
+    """Shape of a pooled tensor as the global graph had it, read off the local form: (N, d…) from a
+    vector's (N, h, w, d…), (N, C…, 1, 1) from a map's (N, C…, h, w); then the node's start/end."""
     local, out = node.inputs[0], node.outputs[0]
     start, end = node.attrs.get("start"), node.attrs.get("end")
     _detach([node])
-    own = [b.op("Shape", [local], {"end": 1}), b.op("Shape", [local], {"start": 3})]
+    if layout == VECTOR:
+        own = [b.op("Shape", [local], {"end": 1}), b.op("Shape", [local], {"start": 3})]
+    else:
+        own = [b.op("Shape", [local], {"end": -2}), b.const([1, 1])]
     if start is None and end is None:
         b.op("Concat", own, {"axis": 0}, outputs=[out])
         return
