@@ -94,3 +94,18 @@ def test_torchscript_model_cannot_serve_as_reference(nafnet, tmp_path, capsys):
     code = main(["verify", str(scripted), str(graph), "--calib", "32", "--sizes", "48x40", "--no-photo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "localises 0 of the" in err[0], err
+
+
+def test_reference_that_cannot_run_the_model_is_one_line(tmp_path, capsys):
+    """ECA's Conv1d across the pooled vector: the graph runs it per pixel, the eager reference (a pooling
+    module returning an (N, C, h, w) map) cannot run the model at all: one line, exit 2, no traceback."""
+    from test_rewrite_kinds import Pooled
+
+    path, graph = tmp_path / "eca.pt", tmp_path / "eca.tlc.onnx"
+    torch.save(Pooled("eca").eval(), path)
+    assert main([str(path), "--calib", "16", "--trust-pickle", "-o", str(graph)]) == 0
+    capsys.readouterr()
+    code = main(["verify", str(path), str(graph), "--calib", "16", "--sizes", "24x20", "--no-photo",
+                 "--trust-pickle"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "the eager TLC reference cannot run this model at 24x20" in err[0], err

@@ -47,7 +47,10 @@ class EagerRunner(BaseRunner):
         x = torch.from_numpy(np.ascontiguousarray(feed_dict[self._input_name]))
         start = time.perf_counter()
         with torch.no_grad():
-            out = self._model(x)
+            try:
+                out = self._model(x)
+            except RuntimeError as exc:
+                raise UserError(self._cannot_run(x, exc)) from None
         self.inference_time = time.perf_counter() - start
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         if self._final_stage_last:
@@ -56,6 +59,18 @@ class EagerRunner(BaseRunner):
 
     def deactivate_impl(self):
         pass
+
+    def _cannot_run(self, x: torch.Tensor, exc: RuntimeError) -> str:
+        size = "x".join(map(str, x.shape[-2:]))
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if self.name != "eager-tlc":
+            return f"the PyTorch model fails at {size} ({first}): choose --sizes it can take"
+        # A pooled (N, C) vector fed to a Linear or a Conv1d across channels (ECA): the graph runs these
+        # per pixel, the eager reference only swaps the pooling module for one returning an (N, C, h, w) map.
+        return (f"the eager TLC reference cannot run this model at {size} ({first}): it swaps each pooling "
+                f"for a local-mean (N, C, h, w) map, and the model uses the pooled tensor in a way only the "
+                f"graph rewrite runs per pixel (a vector through a Linear or a Conv1d); verify cannot check "
+                f"this graph (the converter only checked it against the global graph at the calibration size)")
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
