@@ -264,6 +264,8 @@ def _classify(node: gs.Node, region, vec_rank, use: PooledUse) -> list[gs.Tensor
         raise NotDropIn(f"node {node.name!r} ({node.op}) mixes pooled maps and vectors")
     layout = layouts.pop()
     if node.op == "Shape":
+        if layout == MAP and not _one_by_one(inputs_in[0]):   # an Expand's output is a full map globally
+            raise NotDropIn(f"node {node.name!r} (Shape) reads a pooled map not known to be 1×1")
         use.shapes.append((node, layout))
         return []       # size data, not a pooled value: the walk ends here
     if layout == MAP:
