@@ -2,7 +2,9 @@
 preset (random weights): kernel time per op type with the difference, and per module the time of the
 nodes the converter added.
 
-    .venv/bin/python benchmarks/profile_presets.py --preset NAFNet-GoPro-width64 [--size 256x384] [--calib 128]
+    .venv/bin/python benchmarks/profile_presets.py --preset NAFNet-GoPro-width64 [--size 256x384] [--calib 128] [--fast]
+
+``--fast`` profiles the ``--fast`` graph in the TLC graph's place.
 
 Nodes inside an If branch appear under their own op types and inside the If's time as well, so the If
 row is left out of the totals. The first run is a warm-up and is not counted.
@@ -57,6 +59,7 @@ def main() -> int:
     ap.add_argument("--calib", default="128")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fast", action="store_true", help="profile the --fast graph instead of the exact one")
     args = ap.parse_args()
     size, calib = parse_size(args.size, "--size"), parse_size(args.calib)
     torch.manual_seed(0)
@@ -64,11 +67,11 @@ def main() -> int:
     x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         stderr_progress(f"{args.preset}: converting")
-        tlc = convert(model, calib, arch=args.preset, output=Path(tmp) / "tlc.onnx")
+        tlc = convert(model, calib, arch=args.preset, output=Path(tmp) / "tlc.onnx", fast=args.fast)
         glob = convert(model, calib, arch=args.preset, output=Path(tmp) / "global.onnx", tlc=False)
         stderr_progress("profiling the global graph")
         before = kernel_times(glob.onnx_path, x, args.threads, args.runs)
-        stderr_progress("profiling the TLC graph")
+        stderr_progress(f"profiling the {'fast ' if args.fast else ''}TLC graph")
         after = kernel_times(tlc.onnx_path, x, args.threads, args.runs)
 
     def by_op(times):
@@ -80,7 +83,7 @@ def main() -> int:
 
     ops_before, ops_after = by_op(before), by_op(after)
     total_before, total_after = sum(ops_before.values()), sum(ops_after.values())
-    print(f"{args.preset}, input {args.size}, calib {args.calib}, {args.threads} threads, "
+    print(f"{args.preset}{' (--fast)' if args.fast else ''}, input {args.size}, calib {args.calib}, {args.threads} threads, "
           f"{args.runs} profiled runs: kernel time global {total_before:.0f} ms, TLC {total_after:.0f} ms "
           f"({total_after / total_before:.3f}x)")
     print(f"{'op type':<22}{'global ms':>11}{'TLC ms':>11}{'difference':>12}")
