@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line as _first_line
 from .fileio import OutputSet, is_tlc_png, read_onnx, tag_png
 
 SUPPORTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}   # MPO: multi-picture camera JPEGs
@@ -66,11 +66,6 @@ class ImageData:
     def as_float(self) -> np.ndarray:
         """``H×W×C`` float32 in [0, 1]."""
         return self.pixels.astype(np.float32) / np.float32(2 ** self.bit_depth - 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _png_ihdr(path: Path) -> tuple[int, int] | None:

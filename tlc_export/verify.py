@@ -23,7 +23,7 @@ from polygraphy.common import TensorMetadata
 from torch import nn
 
 from .calibrate import graph_input
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class EagerRunner(BaseRunner):
@@ -62,7 +62,7 @@ class EagerRunner(BaseRunner):
 
     def _cannot_run(self, x: torch.Tensor, exc: RuntimeError) -> str:
         size = "x".join(map(str, x.shape[-2:]))
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        first = first_line(exc)
         if self.name != "eager-tlc":
             return f"the PyTorch model fails at {size} ({first}): choose --sizes it can take"
         # A pooled (N, C) vector fed to a Linear or a Conv1d across channels (ECA): the graph runs these

@@ -198,13 +198,8 @@ def _window_sizes(b: Builder, op: GlobalOp, xw: gs.Tensor) -> None:
 
     def window_shape(shape_node: gs.Node) -> gs.Tensor:
         src = shape_node.inputs[0]
-        full = b.op("Concat", [b.op("Shape", [xw], {"start": 0, "end": 1}), b.dim(src, 1),
-                               b.op("Shape", [xw], {"start": 2, "end": 4})], {"axis": 0})
-        start, end = shape_node.attrs.get("start", 0), shape_node.attrs.get("end")
-        if start == 0 and end is None:
-            return full
-        ends = [end if end is not None else 4]
-        return b.op("Slice", [full, b.const([start]), b.const(ends), b.const([0])])
+        return b.shape_like([b.op("Shape", [xw], {"start": 0, "end": 1}), b.dim(src, 1),
+                             b.op("Shape", [xw], {"start": 2, "end": 4})], shape_node)
 
     def clone(t: gs.Tensor) -> gs.Tensor:
         if is_constant(t, memo):

@@ -113,18 +113,12 @@ def _global_shape(b: Builder, node: gs.Node, layout: str) -> None:
     """Shape of a pooled tensor as the global graph had it, read off the local form: (N, d…) from a
     vector's (N, h, w, d…), (N, C…, 1, 1) from a map's (N, C…, h, w); then the node's start/end."""
     local, out = node.inputs[0], node.outputs[0]
-    start, end = node.attrs.get("start"), node.attrs.get("end")
     _detach([node])
     if layout == VECTOR:
         own = [b.op("Shape", [local], {"end": 1}), b.op("Shape", [local], {"start": 3})]
     else:
         own = [b.op("Shape", [local], {"end": -2}), b.const([1, 1])]
-    if start is None and end is None:
-        b.op("Concat", own, {"axis": 0}, outputs=[out])
-        return
-    full = b.op("Concat", own, {"axis": 0})
-    stop = np.iinfo(np.int64).max if end is None else int(end)
-    b.op("Slice", [full, b.const([int(start or 0)]), b.const([stop]), b.const([0])], outputs=[out])
+    b.shape_like(own, node, output=out)
 
 
 def _exit_chain(b: Builder, chain: list[gs.Node], vec_rank: int) -> None:

@@ -61,6 +61,18 @@ class Builder:
         """Size of ``x`` along ``axis`` as a 1-D int64 tensor of length 1."""
         return self.op("Shape", [x], {"start": axis, "end": axis + 1})
 
+    def shape_like(self, pieces: list[gs.Tensor], shape_node: gs.Node, output: gs.Tensor | None = None) -> gs.Tensor:
+        """The shape concatenated from ``pieces`` (standing in for ``shape_node``'s input), cut like
+        ``shape_node``'s start/end attributes."""
+        start, end = shape_node.attrs.get("start", 0), shape_node.attrs.get("end")
+        whole = not start and end is None
+        full = self.op("Concat", pieces, {"axis": 0}, outputs=[output] if whole and output is not None else None)
+        if whole:
+            return full
+        stop = np.iinfo(np.int64).max if end is None else int(end)
+        return self.op("Slice", [full, self.const([int(start)]), self.const([stop]), self.const([0])],
+                       outputs=[output] if output is not None else None)
+
 
 def _valid_box_sum_axis2(b: Builder, x: gs.Tensor, n: gs.Tensor, k: gs.Tensor) -> gs.Variable:
     """Sums of every length-k run along axis 2 of ``x`` (n−k+1 of them), from one inclusive CumSum C:
